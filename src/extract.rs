@@ -1,0 +1,185 @@
+//! Our own extractors, so that every bad input is answered with our envelope
+//! (never axum's plain-text rejections), and the authenticated user.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
+use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::auth::TokenError;
+use crate::error::{
+    ApiError, MSG_BAD_ID, MSG_BAD_JSON, MSG_BAD_QUERY, MSG_CONTENT_TYPE, MSG_FORBIDDEN,
+    MSG_TOO_LARGE,
+};
+use crate::store::User;
+
+/// A JSON body: 415 without a JSON content type, 413 over the body limit,
+/// 400 for anything that does not parse into `T`.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                MSG_CONTENT_TYPE,
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, MSG_TOO_LARGE)
+            } else {
+                ApiError::bad_request(MSG_BAD_JSON)
+                    .with_error("No se pudo leer el cuerpo de la petición")
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(MSG_BAD_JSON).with_error(e.to_string()))
+    }
+}
+
+fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(text) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Query parameters; a value of the wrong type is a 400 in our envelope.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| ApiError::bad_request(MSG_BAD_QUERY).with_error(e.body_text()))
+    }
+}
+
+/// The path's ids, in order: each must be a positive integer, else 400 `"ID inválido"`.
+pub struct PathIds(pub Vec<i64>);
+
+impl PathIds {
+    pub fn first(&self) -> i64 {
+        self.0.first().copied().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request(MSG_BAD_ID))?;
+        params
+            .iter()
+            .map(|(_, value)| parse_id(value).ok_or_else(|| ApiError::bad_request(MSG_BAD_ID)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(PathIds)
+    }
+}
+
+/// A positive integer id, written in plain decimal digits.
+pub fn parse_id(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+/// The caller, authenticated by a Bearer token and re-loaded from the database
+/// on every request (a deactivated user's token stops working at once).
+pub struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("Token de autenticación requerido"))?;
+        let invalid = || ApiError::unauthorized("Token inválido");
+        let text = header.to_str().map_err(|_| invalid())?;
+        let (scheme, token) = text.trim().split_once(' ').ok_or_else(invalid)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(invalid());
+        }
+        let user_id = state.jwt.verify(token.trim()).map_err(|e| match e {
+            TokenError::Expired => ApiError::unauthorized("Token expirado"),
+            TokenError::Invalid => invalid(),
+        })?;
+        match state.store.get_user(user_id).await? {
+            Some(user) if user.is_active => Ok(AuthUser(user)),
+            _ => Err(ApiError::unauthorized("Usuario no encontrado o inactivo")),
+        }
+    }
+}
+
+/// An authenticated admin; any other role gets 403.
+pub struct AdminUser(pub User);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        if user.is_admin() {
+            Ok(AdminUser(user))
+        } else {
+            Err(ApiError::forbidden(MSG_FORBIDDEN))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn ids_must_be_positive_decimal_integers() {
+        assert_eq!(parse_id("18"), Some(18));
+        for bad in [
+            "0",
+            "-1",
+            "abc",
+            "1.5",
+            "",
+            " 1",
+            "+1",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+}

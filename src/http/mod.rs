@@ -1,0 +1,142 @@
+//! HTTP resources: each module owns its `router()`, request/response types and handlers.
+
+pub mod agents;
+pub mod auth;
+pub mod calls;
+pub mod clients;
+pub mod dnc;
+pub mod groups;
+pub mod ops;
+pub mod users;
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// The success envelope of API.md §1.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// Always `true`.
+    pub success: bool,
+    pub message: Cow<'static, str>,
+    pub data: T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+pub fn ok<T: Serialize>(message: impl Into<Cow<'static, str>>, data: T) -> Json<Envelope<T>> {
+    Json(Envelope {
+        success: true,
+        message: message.into(),
+        data,
+        pagination: None,
+    })
+}
+
+pub fn created<T: Serialize>(
+    message: impl Into<Cow<'static, str>>,
+    data: T,
+) -> (StatusCode, Json<Envelope<T>>) {
+    (StatusCode::CREATED, ok(message, data))
+}
+
+pub fn paginated<T: Serialize>(
+    message: impl Into<Cow<'static, str>>,
+    data: T,
+    pagination: Pagination,
+) -> Json<Envelope<T>> {
+    Json(Envelope {
+        success: true,
+        message: message.into(),
+        data,
+        pagination: Some(pagination),
+    })
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pagination {
+    pub page: i64,
+    pub limit: i64,
+    pub total: i64,
+    pub total_pages: i64,
+    pub has_next_page: bool,
+    pub has_prev_page: bool,
+}
+
+impl Pagination {
+    pub fn new(page: PageParams, total: i64) -> Self {
+        let total_pages = if total == 0 {
+            0
+        } else {
+            (total + page.limit - 1) / page.limit
+        };
+        Pagination {
+            page: page.page,
+            limit: page.limit,
+            total,
+            total_pages,
+            has_next_page: page.page < total_pages,
+            has_prev_page: page.page > 1,
+        }
+    }
+}
+
+/// `?page=1&limit=20`: page from 1, limit clamped to 1..=200.
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    pub page: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageParams {
+    pub page: i64,
+    pub limit: i64,
+}
+
+impl From<PageQuery> for PageParams {
+    fn from(q: PageQuery) -> Self {
+        PageParams {
+            page: q.page.unwrap_or(1).max(1),
+            limit: q.limit.unwrap_or(20).clamp(1, 200),
+        }
+    }
+}
+
+/// Trims a text field; empty means absent.
+pub fn clean(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_counts_pages_from_the_true_total() {
+        let p = Pagination::new(PageParams { page: 2, limit: 20 }, 41);
+        assert_eq!(
+            (p.total_pages, p.has_next_page, p.has_prev_page),
+            (3, true, true)
+        );
+        let empty = Pagination::new(PageParams { page: 1, limit: 20 }, 0);
+        assert_eq!(
+            (empty.total_pages, empty.has_next_page, empty.has_prev_page),
+            (0, false, false)
+        );
+    }
+
+    #[test]
+    fn page_params_are_clamped() {
+        let p = PageParams::from(PageQuery {
+            page: Some(0),
+            limit: Some(1000),
+        });
+        assert_eq!((p.page, p.limit), (1, 200));
+    }
+}

@@ -1,0 +1,91 @@
+//! PostgreSQL backend: the production store, safe for several instances at once.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::common::shared_store_impl;
+
+const PG_MIGRATIONS: &[Migration] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+/// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
+const MIGRATION_LOCK: i64 = 0x6d61_7263_0001;
+const FIRST_USER_LOCK: i64 = 0x6d61_7263_0002;
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let store = PgStore { pool };
+        store.run_migrations(PG_MIGRATIONS).await?;
+        Ok(store)
+    }
+
+    /// Under READ COMMITTED two transactions could both see an empty `users`
+    /// table; the transaction-scoped advisory lock makes them take turns.
+    async fn lock_first_user(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FIRST_USER_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// One statement per batch: the recipients travel as three arrays and
+    /// `UNNEST` turns them into rows (far fewer parameters than multi-row VALUES).
+    async fn insert_call_records(
+        tx: &mut Transaction<'_, Postgres>,
+        batch_id: i64,
+        group_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        calls: &[crate::store::NewCallRecord],
+    ) -> Result<(), sqlx::Error> {
+        let client_ids: Vec<Option<i64>> = calls.iter().map(|c| c.client_id).collect();
+        let recipient_ids: Vec<Option<String>> =
+            calls.iter().map(|c| c.recipient_id.clone()).collect();
+        let phones: Vec<String> = calls.iter().map(|c| c.phone_e164.clone()).collect();
+        sqlx::query(
+            "INSERT INTO call_records (batch_id, group_id, client_id, recipient_id, phone_e164, status, created_at, updated_at)
+             SELECT $1, $2, t.client_id, t.recipient_id, t.phone, 'pending', $3, $3
+             FROM UNNEST($4::bigint[], $5::text[], $6::text[]) AS t(client_id, recipient_id, phone)",
+        )
+        .bind(batch_id)
+        .bind(group_id)
+        .bind(now)
+        .bind(client_ids)
+        .bind(recipient_ids)
+        .bind(phones)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
+    /// Instances starting together must not apply the same migration twice;
+    /// the lock is released when the migration transaction ends.
+    async fn lock_migrations(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+shared_store_impl!(PgStore, Postgres, "postgres");

@@ -1,0 +1,91 @@
+//! SQLite backend: the zero-setup default. One file, WAL journal, foreign keys on.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::common::shared_store_impl;
+
+const SQLITE_MIGRATIONS: &[Migration] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(dir) = options
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        let store = SqliteStore { pool };
+        store.run_migrations(SQLITE_MIGRATIONS).await?;
+        Ok(store)
+    }
+
+    /// A single `INSERT … SELECT` holds SQLite's write lock for its whole run,
+    /// which already serialises first-user decisions.
+    async fn lock_first_user(_tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock at once (waiting up to the busy
+    /// timeout), instead of failing when a read later turns into a write.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    /// Multi-row `INSERT`s of 1,000 rows (8,000 parameters, under SQLite's limit).
+    async fn insert_call_records(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: i64,
+        group_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        calls: &[crate::store::NewCallRecord],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in calls.chunks(super::common::INSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO call_records (batch_id, group_id, client_id, recipient_id, phone_e164, status, created_at, updated_at) ",
+            );
+            qb.push_values(chunk, |mut b, c| {
+                b.push_bind(batch_id)
+                    .push_bind(group_id)
+                    .push_bind(c.client_id)
+                    .push_bind(&c.recipient_id)
+                    .push_bind(&c.phone_e164)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The write lock of [`Self::begin_write`] already keeps other writers out.
+    async fn lock_migrations(_tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+shared_store_impl!(SqliteStore, Sqlite, "sqlite");
