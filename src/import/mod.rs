@@ -1,0 +1,478 @@
+//! Spreadsheet import (API.md §4, "Spreadsheet import"): an uploaded file
+//! (base64 + document name) → clients, row errors and counts.
+//!
+//! Pure: no I/O, no async, no database, so it is easy to test and to fuzz.
+//! It is CPU-bound (a 25 MB sheet takes a while): callers run it on a
+//! blocking thread.
+//!
+//! # API
+//!
+//! - [`decode_base64`]`(text) -> Result<Vec<u8>, ImportError>`: standard or
+//!   URL-safe alphabet, padding optional, an optional `data:…;base64,`
+//!   prefix, whitespace (line breaks) anywhere.
+//! - [`check_size`]`(bytes.len(), &options)`: the `MAX_UPLOAD_MB` limit on the
+//!   decoded size, on its own so that it can run before anything else.
+//! - [`parse_clients`]`(bytes, document_name, &options, &existing) ->
+//!   Result<ImportReport, ImportError>`: `existing` holds the E.164 numbers
+//!   already in the group (empty for a new group); rows with those numbers
+//!   count as duplicates, like repeats within the file.
+//! - [`normalize_phone`]`(raw, region, prefix) -> Option<String>`: one number
+//!   to E.164 with the same rules, for single clients and re-numbering.
+//! - [`ImportError::message`] (the contract's Spanish text), [`ImportError::status`]
+//!   (400 or 413) and [`ImportError::detail`] (the envelope's `error`).
+//!
+//! # Reading
+//!
+//! - The extension (case-insensitive) picks the family: `.xlsx .xlsm .xls
+//!   .ods` or `.csv .txt`; anything else is [`ImportError::UnsupportedFormat`].
+//!   The content must agree: a spreadsheet is opened with the reader its
+//!   extension names and, failing that, whatever spreadsheet format the
+//!   content is (an `.xlsx` saved as `.xls` is read); a text name over a
+//!   spreadsheet container, NUL bytes, or a spreadsheet nothing can open is
+//!   [`ImportError::Unreadable`] with a detail.
+//! - Spreadsheets: the first sheet with a non-blank cell; cells read as the
+//!   sheet shows them (whole numbers without `.0`, 15 significant digits,
+//!   never an exponent; dates `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SS` with a
+//!   time, times and durations `HH:MM:SS`; booleans `true`/`false`; error
+//!   cells such as `#N/A` empty).
+//! - Text: UTF-8 (BOM optional), UTF-16 LE/BE with BOM, else Windows-1252;
+//!   the delimiter among `, ; \t |` that splits the first 30 lines most
+//!   consistently into more than one column (outside quotes); RFC 4180 quotes.
+//!   Values are kept as written, except that every cell is trimmed and
+//!   Excel's `="0123"` is read as `0123`.
+//! - Row numbers are the sheet's own (header = 1 when it is on the first
+//!   line): blank rows, and blank lines in text, are skipped but counted.
+//!
+//! # Mapping
+//!
+//! - Header = the first non-blank row. A header names a field when its whole
+//!   normalised form (lower case, no accents, punctuation as spaces) is one of
+//!   API.md's aliases: `" TELÉFONO "` is the phone, `"Teléfono Celular"` is not.
+//! - The first column naming a field feeds it; a later one naming the same
+//!   field (a second phone column), and every other non-empty header, becomes
+//!   a variable keyed by the header in snake_case ASCII (`"Fecha de
+//!   vencimiento"` → `fecha_de_vencimiento`; repeats get `_2`, `_3`…; a header
+//!   with no ASCII letter or digit is `columna_<n>`). Columns without a header
+//!   are ignored.
+//! - Empty cells are left out: `None` fields, no key in `variables`.
+//! - Each row's phone is normalised once ([`normalize_phone`]). Not valid, or
+//!   empty in a row with other data → [`RowError`] with `column` = the phone
+//!   header as written (trimmed), `value` = the cell, reason
+//!   [`REASON_INVALID_PHONE`], counted in `invalid_rows`. A number seen
+//!   before (in the file or in `existing`) counts in `duplicates`; the first
+//!   one is kept.
+//!
+//! # Limits and errors, in the order they are checked
+//!
+//! 1. Decoded size > `max_bytes` → [`ImportError::TooLarge`] (413); the
+//!    message shows the size in MiB with two decimals (`30.50 MB`) and
+//!    `max_upload_mb`.
+//! 2. Unknown extension → `UnsupportedFormat`; content → `Unreadable`.
+//! 3. No non-blank row at all, or a header and no data rows → `NoDataRows`;
+//!    a header without a phone column → `NoPhoneColumn`.
+//! 4. More non-blank data rows than `max_rows` → `TooManyRows` with the
+//!    file's real count.
+//!
+//! # Hostile files
+//!
+//! Our own code does not panic on any input (property tests here, and the
+//! fuzzer below). The readers are another matter, and the fuzzer found both
+//! kinds of trouble in calamine 0.38 within seconds:
+//!
+//! - Panics (a damaged `.xls` header): `parse_clients` catches them, and the
+//!   file is `Unreadable` with the detail [`PANIC_DETAIL`] instead of a 500.
+//! - Allocations of gigabytes from a few KB of damaged `.xls` (calamine
+//!   also probes `.xlsx` bytes that start like one): a looping sector chain,
+//!   a sector index naming one sector over and over, cells or a
+//!   `DIMENSIONS` record far apart (calamine lays each sheet out as a dense
+//!   grid). An allocation failure aborts the whole server, so `cfb.rs` and
+//!   `xls.rs` read the same structures first and refuse such a file
+//!   (`Unreadable`). `tests/fixtures/fuzz/` keeps the inputs.
+//! - Not guarded: ZIP bombs (`.xlsx`/`.ods` parts that inflate to
+//!   gigabytes, e.g. shared strings) and `.ods` repeat attributes
+//!   (`number-columns-repeated` on non-empty cells) still cost what calamine
+//!   allocates for them. Isolating the import (a child process with a memory
+//!   limit) would cover these; it is not done here.
+//!
+//! # Fuzzing
+//!
+//! Not part of CI. With a nightly toolchain and `cargo install cargo-fuzz`:
+//!
+//! ```text
+//! cd fuzz && cargo +nightly fuzz run parse_clients ../tests/fixtures -- -max_total_time=300
+//! ```
+//!
+//! `fuzz/` is its own workspace (`[workspace]` in its `Cargo.toml`), so the
+//! main build never compiles it; `fuzz/README.md` also shows how to build the
+//! target without cargo-fuzz.
+
+mod cfb;
+mod headers;
+mod phone;
+mod reader;
+mod xls;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+
+use base64::Engine;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use headers::{Columns, Field, Slot};
+use phone::PhoneRules;
+use reader::RowSink;
+
+/// `errors[].reason` of a row whose phone is missing or not a valid number.
+pub const REASON_INVALID_PHONE: &str = "Número de teléfono inválido";
+
+/// [`ImportError::Unreadable`]'s detail when a reader panicked.
+pub const PANIC_DETAIL: &str = "error interno al leer el archivo";
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// ISO 3166 region of the group (`CO`): national numbers are read in it.
+    pub region: String,
+    /// The group's prefix (`+57`): used when a national number's region is
+    /// unknown and to recognise the calling code written without `+`.
+    pub prefix: String,
+    /// `MAX_CLIENTS_PER_GROUP`: non-blank data rows allowed in one file.
+    pub max_rows: usize,
+    /// `MAX_UPLOAD_MB` in bytes (× 1024 × 1024), for the decoded file.
+    pub max_bytes: usize,
+    /// `MAX_UPLOAD_MB` itself, for the message.
+    pub max_upload_mb: u64,
+}
+
+/// A valid row with a number not seen before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedClient {
+    /// The sheet's row number.
+    pub row: usize,
+    pub name: Option<String>,
+    /// As written (trimmed).
+    pub phone: String,
+    pub phone_e164: String,
+    pub email: Option<String>,
+    pub address: Option<String>,
+    pub category: Option<String>,
+    pub external_id: Option<String>,
+    /// Every other column with a header: string values, empty cells left out.
+    pub variables: Map<String, Value>,
+}
+
+/// An invalid row, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RowError {
+    pub row: usize,
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportReport {
+    /// Valid first occurrences, in file order.
+    pub clients: Vec<ParsedClient>,
+    /// Non-blank data rows (valid, duplicate or invalid).
+    pub total_rows: usize,
+    /// Valid numbers seen before (earlier in the file or already in the group).
+    pub duplicates: usize,
+    pub invalid_rows: usize,
+    /// Every invalid row, in file order (callers show the first 200).
+    pub errors: Vec<RowError>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportError {
+    InvalidBase64,
+    UnsupportedFormat,
+    /// The detail goes to the envelope's `error`.
+    Unreadable(String),
+    NoPhoneColumn,
+    NoDataRows,
+    /// The decoded size in bytes (exact; the message rounds it to MiB).
+    TooLarge {
+        size_bytes: usize,
+        max_mb: u64,
+    },
+    TooManyRows {
+        rows: usize,
+        max: usize,
+    },
+}
+
+impl ImportError {
+    /// The exact Spanish message of API.md §4.
+    pub fn message(&self) -> String {
+        match self {
+            ImportError::InvalidBase64 => "El archivo no es un base64 válido".into(),
+            ImportError::UnsupportedFormat => {
+                "Formato de archivo no soportado. Usa .xlsx, .xls, .ods o .csv".into()
+            }
+            ImportError::Unreadable(_) => "No se pudo leer el archivo".into(),
+            ImportError::NoPhoneColumn => "No se encontró la columna requerida: teléfono".into(),
+            ImportError::NoDataRows => "El archivo no tiene filas de datos".into(),
+            ImportError::TooLarge { size_bytes, max_mb } => format!(
+                "El archivo es demasiado grande ({:.2} MB). El tamaño máximo permitido es {max_mb} MB.",
+                *size_bytes as f64 / (1024.0 * 1024.0)
+            ),
+            ImportError::TooManyRows { rows, max } => format!(
+                "El archivo tiene demasiadas filas ({rows}). El máximo permitido es {max} filas."
+            ),
+        }
+    }
+
+    /// 413 for [`ImportError::TooLarge`], 400 for everything else.
+    pub fn status(&self) -> u16 {
+        match self {
+            ImportError::TooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+
+    /// What the envelope's `error` says, if anything.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            ImportError::Unreadable(detail) => Some(detail.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())?;
+        match self.detail() {
+            Some(detail) => write!(f, " ({detail})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+/// Decodes the upload, whatever base64 dialect the browser produced.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, ImportError> {
+    let trimmed = text.trim_start();
+    let body = match trimmed.get(..5) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("data:") => {
+            let (meta, body) = trimmed.split_once(',').ok_or(ImportError::InvalidBase64)?;
+            let is_base64 = meta
+                .len()
+                .checked_sub(7)
+                .and_then(|at| meta.get(at..))
+                .is_some_and(|end| end.eq_ignore_ascii_case(";base64"));
+            if !is_base64 {
+                return Err(ImportError::InvalidBase64);
+            }
+            body
+        }
+        _ => text,
+    };
+    let mut compact: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    while compact.last() == Some(&b'=') {
+        compact.pop();
+    }
+    if compact.is_empty() {
+        return Err(ImportError::InvalidBase64);
+    }
+    let engine = if compact.iter().any(|b| matches!(b, b'-' | b'_')) {
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        &base64::engine::general_purpose::STANDARD_NO_PAD
+    };
+    engine
+        .decode(&compact)
+        .map_err(|_| ImportError::InvalidBase64)
+}
+
+/// The `MAX_UPLOAD_MB` limit on a decoded file.
+pub fn check_size(size_bytes: usize, options: &ImportOptions) -> Result<(), ImportError> {
+    if size_bytes > options.max_bytes {
+        Err(ImportError::TooLarge {
+            size_bytes,
+            max_mb: options.max_upload_mb,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads the file and turns its rows into clients (see the module docs for
+/// every rule). `existing`: the E.164 numbers already in the group.
+pub fn parse_clients(
+    bytes: &[u8],
+    document_name: &str,
+    options: &ImportOptions,
+    existing: &HashSet<String>,
+) -> Result<ImportReport, ImportError> {
+    let parse =
+        std::panic::AssertUnwindSafe(|| parse_unguarded(bytes, document_name, options, existing));
+    std::panic::catch_unwind(parse)
+        .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
+}
+
+fn parse_unguarded(
+    bytes: &[u8],
+    document_name: &str,
+    options: &ImportOptions,
+    existing: &HashSet<String>,
+) -> Result<ImportReport, ImportError> {
+    check_size(bytes.len(), options)?;
+    let format = reader::format_of(document_name).ok_or(ImportError::UnsupportedFormat)?;
+    let mut builder = Builder {
+        options,
+        existing,
+        phone: PhoneRules::new(&options.region, &options.prefix),
+        columns: None,
+        seen: HashSet::new(),
+        data_rows: 0,
+        report: ImportReport::default(),
+    };
+    reader::read_rows(bytes, format, &mut builder)?;
+    builder.finish()
+}
+
+/// A number as written → E.164, with libphonenumber's rules:
+///
+/// - `+` (or `(+`) first, or `00` first: international (`0057 313…`).
+/// - Otherwise national for `region`; if that is not valid, a single trunk
+///   `0` dropped (`0313…`, which libphonenumber reads as a carrier code in
+///   CO); then, if the digits start with the calling code of `prefix`, the
+///   digits as international (`573138539157`). With an unknown `region`, the
+///   prefix's calling code is put in front.
+/// - Separators allowed: spaces (also no-break), `-` and Unicode dashes,
+///   `.`, `/`, parentheses. Letters (`ext`), a second `+` or one after a
+///   digit, fewer than 4 or more than 17 digits: `None`.
+///
+/// `None` unless the result is a valid number (`phonenumber::is_valid`).
+pub fn normalize_phone(raw: &str, region: &str, prefix: &str) -> Option<String> {
+    PhoneRules::new(region, prefix).normalize(raw)
+}
+
+/// An E.164 number's digits as one integer: at most 15 digits and never a
+/// leading zero (calling codes do not start with 0), so distinct numbers
+/// have distinct keys.
+fn e164_key(e164: &str) -> u64 {
+    e164.bytes()
+        .filter(u8::is_ascii_digit)
+        .fold(0u64, |key, digit| {
+            key.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'))
+        })
+}
+
+/// Turns the reader's rows into the report as they come.
+struct Builder<'a> {
+    options: &'a ImportOptions,
+    existing: &'a HashSet<String>,
+    phone: PhoneRules,
+    /// `None` until the header row has been read.
+    columns: Option<Columns>,
+    /// The file's numbers so far, as [`e164_key`]s (no string per row).
+    seen: HashSet<u64>,
+    /// Non-blank rows after the header.
+    data_rows: usize,
+    report: ImportReport,
+}
+
+impl RowSink for Builder<'_> {
+    fn expect_rows(&mut self, rows: usize) {
+        self.reserve(rows);
+    }
+
+    fn row(&mut self, number: usize, cells: &[Cow<'_, str>]) -> Result<(), ImportError> {
+        if cells.iter().all(|c| c.trim().is_empty()) {
+            return Ok(());
+        }
+        let Some(columns) = &self.columns else {
+            self.columns = Some(Columns::from_header(cells)?);
+            return Ok(());
+        };
+        self.data_rows += 1;
+        // Over the limit: only count the rest, for the message.
+        if self.data_rows > self.options.max_rows {
+            return Ok(());
+        }
+        let raw = cells.get(columns.phone).map_or("", |c| c.trim());
+        let Some(e164) = self.phone.normalize(raw) else {
+            self.report.invalid_rows += 1;
+            self.report.errors.push(RowError {
+                row: number,
+                column: columns.phone_header.clone(),
+                value: raw.to_owned(),
+                reason: REASON_INVALID_PHONE.to_owned(),
+            });
+            return Ok(());
+        };
+        if self.existing.contains(&e164) || !self.seen.insert(e164_key(&e164)) {
+            self.report.duplicates += 1;
+            return Ok(());
+        }
+        let mut client = ParsedClient {
+            row: number,
+            name: None,
+            phone: raw.to_owned(),
+            phone_e164: e164,
+            email: None,
+            address: None,
+            category: None,
+            external_id: None,
+            variables: Map::new(),
+        };
+        for (slot, cell) in columns.slots.iter().zip(cells) {
+            let value = cell.trim();
+            if value.is_empty() {
+                continue;
+            }
+            let target = match slot {
+                Slot::Skip | Slot::Field(Field::Phone) => continue,
+                Slot::Field(Field::Name) => &mut client.name,
+                Slot::Field(Field::Email) => &mut client.email,
+                Slot::Field(Field::Address) => &mut client.address,
+                Slot::Field(Field::Category) => &mut client.category,
+                Slot::Field(Field::ExternalId) => &mut client.external_id,
+                Slot::Variable(k) => {
+                    if let Some(key) = columns.keys.get(*k) {
+                        client
+                            .variables
+                            .insert(key.clone(), Value::String(value.to_owned()));
+                    }
+                    continue;
+                }
+            };
+            *target = Some(value.to_owned());
+        }
+        self.report.clients.push(client);
+        Ok(())
+    }
+}
+
+impl Builder<'_> {
+    /// Room for the rows the reader expects, so that 100,000 clients are not
+    /// moved through a dozen reallocations (never past `max_rows`).
+    fn reserve(&mut self, rows: usize) {
+        let rows = rows.min(self.options.max_rows);
+        self.report.clients.reserve(rows);
+        self.seen.reserve(rows);
+    }
+
+    fn finish(mut self) -> Result<ImportReport, ImportError> {
+        if self.columns.is_none() || self.data_rows == 0 {
+            return Err(ImportError::NoDataRows);
+        }
+        if self.data_rows > self.options.max_rows {
+            return Err(ImportError::TooManyRows {
+                rows: self.data_rows,
+                max: self.options.max_rows,
+            });
+        }
+        self.report.total_rows = self.data_rows;
+        Ok(self.report)
+    }
+}
+
+#[cfg(test)]
+mod tests;
