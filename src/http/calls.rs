@@ -1,0 +1,671 @@
+//! `POST /api/groups/:id/call`: the seed endpoint (API.md §5). The ten checks
+//! run in the contract's order and nothing is submitted before all pass.
+
+use std::collections::HashSet;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::agents::{fetch_agent, fetch_phone_numbers, upstream_error};
+use super::groups::visible_group;
+use crate::app::AppState;
+use crate::elevenlabs::ElevenLabsError;
+use crate::elevenlabs::types::{ClientData, OutboundRecipient, SubmitBatch};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, AuthUser, PathIds};
+use crate::store::{Client, Group, IdempotencyClaim, NewBatch, NewCallRecord, User};
+
+/// ElevenLabs' limit of recipients per batch.
+pub const MAX_RECIPIENTS_PER_BATCH: usize = 10_000;
+
+const MSG_USER_ID: &str = "ID de usuario es requerido en el body de la petición";
+const MSG_NO_AGENT: &str =
+    "El grupo no tiene un agente asignado. Por favor, asigna un agente al crear el grupo.";
+const MSG_NO_CLIENTS: &str = "El grupo no tiene clientes asignados para llamar";
+const MSG_USER_NOT_FOUND: &str = "Usuario no encontrado";
+const MSG_OTHER_USER: &str = "No puedes iniciar llamadas en nombre de otro usuario";
+const MSG_NOT_FUTURE: &str = "scheduledTimeUnix debe ser una fecha futura";
+const MSG_TOO_FAR: &str = "scheduledTimeUnix no puede superar 30 días";
+const MSG_NO_PHONE: &str =
+    "No hay números de teléfono disponibles. Por favor, configura un phoneNumberId.";
+const MSG_AGENT_CHECK: &str = "No se pudo verificar la configuración del agente";
+const MSG_MISSING_VARS: &str = "Faltan variables requeridas en el mensaje del agente";
+const MSG_NO_RECIPIENTS: &str =
+    "No se encontraron clientes con números telefónicos válidos en el grupo";
+const MSG_DOUBLE: &str = "Ya se iniciaron llamadas para este grupo hace un momento";
+const MSG_SUBMIT: &str = "Error iniciando las llamadas";
+const MSG_KEY_REUSED: &str = "La clave de idempotencia ya se usó con otra petición";
+const MSG_BAD_KEY: &str = "La clave de idempotencia debe tener entre 1 y 200 caracteres";
+
+/// How long a launch may hold the group's lock before it is considered dead.
+const LAUNCH_LOCK_SECS: i64 = 600;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/groups/{id}/call", post(start_calls))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRequest {
+    /// The user starting the calls (a positive integer).
+    #[schema(value_type = i64)]
+    pub user_id: Option<Value>,
+    /// ElevenLabs phone number id; default: the group's, else one from ElevenLabs.
+    pub agent_phone_number_id: Option<String>,
+    /// Unix seconds; `null` starts now.
+    #[schema(value_type = Option<i64>)]
+    pub scheduled_time_unix: Option<Value>,
+}
+
+fn positive_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().filter(|v| *v > 0),
+        Value::String(s) => crate::extract::parse_id(s.trim()),
+        _ => None,
+    }
+}
+
+#[utoipa::path(post, path = "/api/groups/{id}/call", tag = "calls", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Group id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for 24 h")),
+    request_body = CallRequest,
+    responses(
+        (status = 200, description = "Llamadas iniciadas exitosamente para el grupo \"…\""),
+        (status = 400, description = "Una de las validaciones del contrato", body = ErrorBody),
+        (status = 403, description = "No puedes iniciar llamadas en nombre de otro usuario", body = ErrorBody),
+        (status = 404, description = "Grupo no encontrado / Usuario no encontrado", body = ErrorBody),
+        (status = 409, description = "Ya se iniciaron llamadas para este grupo hace un momento", body = ErrorBody),
+        (status = 422, description = "La clave de idempotencia ya se usó con otra petición", body = ErrorBody),
+        (status = 502, description = "ElevenLabs no disponible o rechazó la clave", body = ErrorBody),
+        (status = 503, description = "ElevenLabs ocupado (Retry-After)", body = ErrorBody),
+    ))]
+pub async fn start_calls(
+    State(state): State<AppState>,
+    AuthUser(caller): AuthUser,
+    ids: PathIds,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let request: CallRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::bad_request(crate::error::MSG_BAD_JSON).with_error(e.to_string()))?;
+    // 1. userId
+    let user_id = request
+        .user_id
+        .as_ref()
+        .and_then(positive_int)
+        .ok_or_else(|| ApiError::bad_request(MSG_USER_ID))?;
+    let group_id = ids.first();
+
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().map(str::trim).unwrap_or("");
+            if key.is_empty() || key.chars().count() > 200 {
+                return Err(ApiError::bad_request(MSG_BAD_KEY));
+            }
+            Some(key.to_owned())
+        }
+    };
+    if let Some(key) = &key {
+        let fingerprint = hex::encode(Sha256::digest(format!(
+            "POST /api/groups/{group_id}/call {body}"
+        )));
+        let expires = Utc::now() + chrono::Duration::hours(24);
+        match state
+            .store
+            .claim_idempotency_key(caller.id, key, &fingerprint, expires)
+            .await?
+        {
+            IdempotencyClaim::Claimed => {}
+            IdempotencyClaim::Replay { status, body } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                return Ok((status, axum::Json(value)).into_response());
+            }
+            IdempotencyClaim::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    MSG_KEY_REUSED,
+                ));
+            }
+            IdempotencyClaim::InFlight => {
+                return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": null})));
+            }
+        }
+    }
+
+    let outcome = launch(&state, &caller, group_id, user_id, &request, key.as_deref()).await;
+    match (&key, &outcome) {
+        (Some(key), Ok(body)) => {
+            state
+                .store
+                .complete_idempotency_key(caller.id, key, 200, &body.to_string())
+                .await?;
+        }
+        (Some(key), Err(_)) => {
+            // A failed launch may be tried again with the same key.
+            state.store.release_idempotency_key(caller.id, key).await?;
+        }
+        _ => {}
+    }
+    outcome.map(|body| (StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// Checks 2–10, then the submits. Returns the 200 body.
+async fn launch(
+    state: &AppState,
+    caller: &User,
+    group_id: i64,
+    user_id: i64,
+    request: &CallRequest,
+    idempotency_key: Option<&str>,
+) -> ApiResult<Value> {
+    // 2–4: the group, its agent, its clients.
+    let group = visible_group(state, caller, group_id).await?;
+    let agent_id = group
+        .agent_id
+        .clone()
+        .ok_or_else(|| ApiError::bad_request(MSG_NO_AGENT))?;
+    if group.clients_count == 0 {
+        return Err(ApiError::bad_request(MSG_NO_CLIENTS));
+    }
+    // 5: the user, and who may act for whom.
+    match state.store.get_user(user_id).await? {
+        Some(user) if user.is_active => {}
+        _ => return Err(ApiError::not_found(MSG_USER_NOT_FOUND)),
+    }
+    if !caller.is_admin() && caller.id != user_id {
+        return Err(ApiError::forbidden(MSG_OTHER_USER));
+    }
+    // 6: the schedule.
+    let scheduled = check_schedule(request.scheduled_time_unix.as_ref())?;
+    // 7: the phone number.
+    let phone_number_id = resolve_phone_number(
+        state,
+        &group,
+        &agent_id,
+        request.agent_phone_number_id.as_deref(),
+    )
+    .await?;
+    // 8: the agent and its variables; 9: the recipients.
+    let agent = fetch_agent(state, &agent_id)
+        .await
+        .map_err(|e| match e.status() {
+            Some(400 | 404 | 422) => {
+                ApiError::bad_request(MSG_AGENT_CHECK).with_error(e.to_string())
+            }
+            _ => upstream_error(MSG_AGENT_CHECK, &e),
+        })?;
+    let started = std::time::Instant::now();
+    let clients = state.store.all_clients(group.id).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        clients = clients.len(),
+        "launch: clients loaded"
+    );
+    let numbers: Vec<String> = clients.iter().map(|c| c.phone_e164.clone()).collect();
+    let blocked = state.store.do_not_call_among(&numbers).await?;
+    let plan = plan_recipients(&group, clients, &blocked);
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "launch: recipients planned"
+    );
+    let required = agent.dynamic_variables();
+    let missing = missing_variables(&required, &plan.recipients);
+    if !missing.is_empty() {
+        let detail = missing
+            .iter()
+            .map(|(name, count)| format!("{name} (falta en {count} clientes)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ApiError::bad_request(MSG_MISSING_VARS)
+            .with_code("MISSING_VARIABLES")
+            .with_error(format!("Variables faltantes: {detail}")));
+    }
+    if plan.recipients.is_empty() {
+        return Err(ApiError::bad_request(MSG_NO_RECIPIENTS));
+    }
+    // 10: one launch at a time, and none twice within the window.
+    let now = Utc::now();
+    if !state
+        .store
+        .lock_launch(group.id, now + chrono::Duration::seconds(LAUNCH_LOCK_SECS))
+        .await?
+    {
+        let earlier = state
+            .store
+            .recent_batch(group.id, now - chrono::Duration::hours(24))
+            .await?
+            .flatten();
+        return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+    }
+    let result = async {
+        if idempotency_key.is_none() {
+            let since = now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64);
+            if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
+                return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+            }
+        }
+        submit(
+            state,
+            &group,
+            &agent_id,
+            user_id,
+            &phone_number_id,
+            scheduled,
+            plan,
+            idempotency_key,
+        )
+        .await
+    }
+    .await;
+    state.store.unlock_launch(group.id).await?;
+    result
+}
+
+fn check_schedule(value: Option<&Value>) -> ApiResult<Option<i64>> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let when = value
+        .as_i64()
+        .or_else(|| value.as_f64().map(|f| f as i64))
+        .ok_or_else(|| ApiError::bad_request(MSG_NOT_FUTURE))?;
+    let now = Utc::now().timestamp();
+    if when < now - 60 {
+        return Err(ApiError::bad_request(MSG_NOT_FUTURE));
+    }
+    if when > now + 30 * 24 * 3600 {
+        return Err(ApiError::bad_request(MSG_TOO_FAR));
+    }
+    Ok(Some(when))
+}
+
+/// Body → group → ElevenLabs (the agent's number, else the first outbound one).
+/// A chosen number ElevenLabs does not list is refused; the choice is saved.
+async fn resolve_phone_number(
+    state: &AppState,
+    group: &Group,
+    agent_id: &str,
+    requested: Option<&str>,
+) -> ApiResult<String> {
+    let no_phone = |detail: String| ApiError::bad_request(MSG_NO_PHONE).with_error(detail);
+    let listed = fetch_phone_numbers(state)
+        .await
+        .map_err(|e| no_phone(format!("No se pudo consultar ElevenLabs: {e}")))?;
+    let requested = requested.map(str::trim).filter(|s| !s.is_empty());
+    let chosen = match requested.or(group.phone_number_id.as_deref()) {
+        Some(id) => {
+            if !listed.iter().any(|p| p.phone_number_id == id) {
+                return Err(no_phone(format!("ElevenLabs no tiene el número {id}")));
+            }
+            id.to_owned()
+        }
+        None => listed
+            .iter()
+            .find(|p| {
+                p.assigned_agent
+                    .as_ref()
+                    .is_some_and(|a| a.agent_id == agent_id)
+            })
+            .or_else(|| listed.iter().find(|p| p.supports_outbound != Some(false)))
+            .map(|p| p.phone_number_id.clone())
+            .ok_or_else(|| no_phone("ElevenLabs no tiene números que puedan llamar".into()))?,
+    };
+    if group.phone_number_id.as_deref() != Some(chosen.as_str()) {
+        state
+            .store
+            .set_group_phone_number(group.id, &chosen)
+            .await?;
+    }
+    Ok(chosen)
+}
+
+pub struct Recipient {
+    pub client_id: i64,
+    pub phone: String,
+    pub variables: Map<String, Value>,
+}
+
+pub struct Plan {
+    pub recipients: Vec<Recipient>,
+    pub total: usize,
+    pub invalid_phone: usize,
+    pub do_not_call: usize,
+    pub duplicate: usize,
+}
+
+fn looks_e164(phone: &str) -> bool {
+    phone
+        .strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Who is called, with which variables: the group's defaults (scalars),
+/// overridden by the client's own columns, plus the built-ins.
+pub fn plan_recipients(group: &Group, clients: Vec<Client>, blocked: &HashSet<String>) -> Plan {
+    let defaults: Map<String, Value> = group
+        .variables
+        .iter()
+        .filter(|(_, v)| !v.is_object() && !v.is_array())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut plan = Plan {
+        recipients: Vec::with_capacity(clients.len()),
+        total: clients.len(),
+        invalid_phone: 0,
+        do_not_call: 0,
+        duplicate: 0,
+    };
+    let mut seen = HashSet::with_capacity(clients.len());
+    for client in clients {
+        if !looks_e164(&client.phone_e164) {
+            plan.invalid_phone += 1;
+            continue;
+        }
+        if blocked.contains(&client.phone_e164) {
+            plan.do_not_call += 1;
+            continue;
+        }
+        if !seen.insert(client.phone_e164.clone()) {
+            plan.duplicate += 1;
+            continue;
+        }
+        let mut variables = defaults.clone();
+        for (k, v) in client.variables {
+            if !v.is_object() && !v.is_array() {
+                variables.insert(k, v);
+            }
+        }
+        let builtins = [
+            ("name", client.name.clone()),
+            ("phone_number", Some(client.phone_e164.clone())),
+            ("email", client.email.clone()),
+            ("client_id", Some(client.id.to_string())),
+            ("group_name", Some(group.name.clone())),
+        ];
+        for (k, v) in builtins {
+            if let Some(v) = v {
+                variables.insert(k.to_owned(), Value::String(v));
+            }
+        }
+        plan.recipients.push(Recipient {
+            client_id: client.id,
+            phone: client.phone_e164,
+            variables,
+        });
+    }
+    plan
+}
+
+/// The required variables some recipient lacks (absent, null or empty), with how many lack each.
+pub fn missing_variables(required: &[String], recipients: &[Recipient]) -> Vec<(String, usize)> {
+    required
+        .iter()
+        .filter_map(|name| {
+            let count = recipients
+                .iter()
+                .filter(|r| match r.variables.get(name) {
+                    None | Some(Value::Null) => true,
+                    Some(Value::String(s)) => s.trim().is_empty(),
+                    Some(_) => false,
+                })
+                .count();
+            (count > 0).then(|| (name.clone(), count))
+        })
+        .collect()
+}
+
+/// `Llamada <group> - DD/MM/YYYY`, the date in the group's time zone.
+pub fn call_name(group: &Group, default_tz: &str, now: chrono::DateTime<Utc>) -> String {
+    let tz: chrono_tz::Tz = group
+        .timezone
+        .parse()
+        .or_else(|_| default_tz.parse())
+        .unwrap_or(chrono_tz::America::Bogota);
+    format!(
+        "Llamada {} - {}",
+        group.name,
+        now.with_timezone(&tz).format("%d/%m/%Y")
+    )
+}
+
+/// The `errorCode` for ElevenLabs refusing our data.
+fn classify(err: &ElevenLabsError) -> &'static str {
+    let ElevenLabsError::Status { message, code, .. } = err else {
+        return "VALIDATION";
+    };
+    let text = format!("{} {}", code.as_deref().unwrap_or(""), message).to_lowercase();
+    if text.contains("agent") {
+        "INVALID_AGENT"
+    } else if text.contains("phone") {
+        "INVALID_PHONE"
+    } else if text.contains("variable") {
+        "MISSING_VARIABLES"
+    } else {
+        "VALIDATION"
+    }
+}
+
+fn submit_error(err: &ElevenLabsError) -> ApiError {
+    match err.status() {
+        Some(400 | 404 | 422) => {
+            let message = match err {
+                ElevenLabsError::Status { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            ApiError::bad_request(MSG_SUBMIT)
+                .with_error(message)
+                .with_code(classify(err))
+        }
+        _ => upstream_error(MSG_SUBMIT, err),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn submit(
+    state: &AppState,
+    group: &Group,
+    agent_id: &str,
+    user_id: i64,
+    phone_number_id: &str,
+    scheduled: Option<i64>,
+    plan: Plan,
+    idempotency_key: Option<&str>,
+) -> ApiResult<Value> {
+    let base_name = call_name(group, &state.config.default_timezone, Utc::now());
+    let parts = plan.recipients.len().div_ceil(MAX_RECIPIENTS_PER_BATCH);
+    let mut batch_ids: Vec<String> = Vec::with_capacity(parts);
+    let mut first_batch: Option<Value> = None;
+    let recipients_count = plan.recipients.len();
+    let excluded = (
+        plan.invalid_phone,
+        plan.do_not_call,
+        plan.duplicate,
+        plan.total,
+    );
+    let mut remaining = plan.recipients.into_iter();
+    for index in 0..parts {
+        // Moved, not copied: a launch may carry 200,000 sets of variables.
+        let chunk: Vec<Recipient> = remaining.by_ref().take(MAX_RECIPIENTS_PER_BATCH).collect();
+        let name = if parts > 1 {
+            format!("{base_name} ({}/{parts})", index + 1)
+        } else {
+            base_name.clone()
+        };
+        let calls: Vec<NewCallRecord> = chunk
+            .iter()
+            .map(|r| NewCallRecord {
+                client_id: Some(r.client_id),
+                recipient_id: Some(r.client_id.to_string()),
+                phone_e164: r.phone.clone(),
+            })
+            .collect();
+        let summary: Option<Value> = first_batch.is_none().then(|| {
+            chunk
+                .iter()
+                .map(|r| json!({"phone_number": r.phone, "recipient_id": r.client_id.to_string()}))
+                .collect()
+        });
+        let request = SubmitBatch {
+            call_name: name.clone(),
+            agent_id: agent_id.to_owned(),
+            agent_phone_number_id: phone_number_id.to_owned(),
+            scheduled_time_unix: scheduled,
+            recipients: chunk
+                .into_iter()
+                .map(|r| OutboundRecipient {
+                    id: Some(r.client_id.to_string()),
+                    phone_number: r.phone,
+                    conversation_initiation_client_data: Some(ClientData {
+                        dynamic_variables: r.variables,
+                    }),
+                })
+                .collect(),
+        };
+        let mut record = NewBatch {
+            elevenlabs_batch_id: None,
+            group_id: group.id,
+            created_by: user_id,
+            agent_id: agent_id.to_owned(),
+            phone_number_id: Some(phone_number_id.to_owned()),
+            name,
+            status: "unknown".into(),
+            submit_state: "unknown",
+            part_index: index as i64 + 1,
+            part_count: parts as i64,
+            launch_key: idempotency_key.map(str::to_owned),
+            scheduled_time_unix: scheduled,
+            created_at_unix: None,
+            total_calls_scheduled: calls.len() as i64,
+            raw: Value::Null,
+        };
+        let submitted_at = std::time::Instant::now();
+        let outcome = state.elevenlabs.submit_batch(&request).await;
+        tracing::debug!(
+            part = index + 1,
+            elapsed_ms = submitted_at.elapsed().as_millis() as u64,
+            "launch: batch submitted"
+        );
+        match outcome {
+            Ok(batch) => {
+                record.elevenlabs_batch_id = Some(batch.id.clone());
+                record.status = batch.status.clone();
+                record.submit_state = "submitted";
+                record.created_at_unix = batch.created_at_unix;
+                record.raw = serde_json::to_value(&batch).unwrap_or(Value::Null);
+                let recorded_at = std::time::Instant::now();
+                state.store.record_batch(&record, &calls).await?;
+                tracing::debug!(
+                    part = index + 1,
+                    elapsed_ms = recorded_at.elapsed().as_millis() as u64,
+                    "launch: batch recorded"
+                );
+                metrics::counter!("batches_launched_total").increment(1);
+                metrics::counter!("calls_launched_total").increment(calls.len() as u64);
+                batch_ids.push(batch.id.clone());
+                if let Some(summary) = summary {
+                    let mut data = record.raw.clone();
+                    data["recipients"] = summary;
+                    first_batch = Some(data);
+                }
+            }
+            Err(err) => {
+                let mut api = submit_error(&err);
+                if matches!(err, ElevenLabsError::Timeout) {
+                    // ElevenLabs may have created the batch: keep the attempt so the
+                    // sync can find it by name, and never dial these people twice.
+                    state.store.record_batch(&record, &calls).await?;
+                    api = api.with_error(
+                        "ElevenLabs no respondió a tiempo; el envío se verificará automáticamente. No lo reintentes todavía.",
+                    );
+                }
+                if !batch_ids.is_empty() {
+                    api = api.with_data(json!({"batchIds": batch_ids}));
+                }
+                return Err(api);
+            }
+        }
+    }
+    let batch_data = first_batch.unwrap_or(Value::Null);
+    let (invalid_phone, do_not_call, duplicate, total) = excluded;
+    Ok(json!({
+        "success": true,
+        "message": format!("Llamadas iniciadas exitosamente para el grupo \"{}\"", group.name),
+        "data": {
+            "batchId": batch_ids.first(),
+            "groupId": group.id,
+            "groupName": group.name,
+            "agentId": agent_id,
+            "recipientsCount": recipients_count,
+            "callName": base_name,
+            "batchData": batch_data,
+            "batchIds": batch_ids,
+            "batchStatus": batch_data.get("status").cloned().unwrap_or(Value::Null),
+            "phoneNumberId": phone_number_id,
+            "scheduledTimeUnix": scheduled,
+            "totalClientsInGroup": total,
+            "excludedClients": invalid_phone + do_not_call + duplicate,
+            "excluded": {"invalidPhone": invalid_phone, "doNotCall": do_not_call, "duplicate": duplicate},
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_must_be_future_and_within_thirty_days() {
+        let now = Utc::now().timestamp();
+        assert_eq!(check_schedule(None).ok(), Some(None));
+        assert_eq!(check_schedule(Some(&Value::Null)).ok(), Some(None));
+        assert_eq!(
+            check_schedule(Some(&json!(now + 3600))).ok(),
+            Some(Some(now + 3600))
+        );
+        assert_eq!(
+            check_schedule(Some(&json!(now - 30))).ok(),
+            Some(Some(now - 30)),
+            "60 s of skew"
+        );
+        assert_eq!(
+            check_schedule(Some(&json!(now - 120))).unwrap_err().message,
+            MSG_NOT_FUTURE
+        );
+        assert_eq!(
+            check_schedule(Some(&json!(now + 31 * 86400)))
+                .unwrap_err()
+                .message,
+            MSG_TOO_FAR
+        );
+        assert_eq!(
+            check_schedule(Some(&json!("mañana"))).unwrap_err().message,
+            MSG_NOT_FUTURE
+        );
+    }
+
+    #[test]
+    fn user_ids_are_positive_integers() {
+        assert_eq!(positive_int(&json!(5)), Some(5));
+        assert_eq!(positive_int(&json!("5")), Some(5));
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("x"),
+            json!(null),
+            json!([1]),
+        ] {
+            assert_eq!(positive_int(&bad), None, "{bad}");
+        }
+    }
+}
