@@ -1,0 +1,784 @@
+//! API.md §5 and the seed: `POST /api/groups/:id/call`, and §8 (do-not-call).
+
+use marcador::elevenlabs::simulator::{
+    Fault, FaultAction, SIM_AGENT_COBRANZA, SIM_AGENT_RECORDATORIO, SIM_PHONE_ASSIGNED,
+    SIM_PHONE_FREE, Simulator,
+};
+use serde_json::{Value, json};
+
+use crate::groups::{b64, group_id};
+use crate::helpers::{Backend, Reply, TestApp, both_backends, spawn_app, spawn_app_with};
+
+both_backends!(
+    launch_answers_like_the_seed_and_stores_batch_and_calls,
+    elevenlabs_receives_e164_numbers_variables_and_the_schema_it_expects,
+    user_id_must_be_a_positive_integer,
+    unknown_or_foreign_group_is_not_found,
+    group_without_agent_or_clients_is_refused,
+    user_must_exist_and_users_act_only_for_themselves,
+    schedule_must_be_future_and_within_thirty_days,
+    phone_number_comes_from_body_group_or_elevenlabs_and_is_saved,
+    no_usable_phone_number_is_refused,
+    agent_that_cannot_be_checked_is_refused,
+    agent_variables_must_be_present_for_every_recipient,
+    do_not_call_numbers_are_excluded_and_counted,
+    nobody_left_to_call_is_refused,
+    large_group_is_split_into_batches_of_ten_thousand,
+    concurrent_launches_give_one_batch_and_one_conflict,
+    launching_again_within_the_window_is_a_conflict,
+    idempotency_key_replays_the_first_answer,
+    elevenlabs_errors_leave_no_batch_and_a_clear_error,
+    elevenlabs_timeout_is_recorded_for_reconciliation_not_retried,
+    do_not_call_list_is_managed_by_admins,
+);
+
+const CSV: &str = "nombre,telefono,monto,email\nAna,3138539151,150000,ana@example.com\nLuis,3138539152,2000,\nMaría,+57 313 853 9153,99,\n";
+
+fn sim(app: &TestApp) -> Simulator {
+    app.state.simulator.clone().expect("simulator mode")
+}
+
+/// A group with the debt-collection agent and three clients.
+async fn ready_group(app: &TestApp, token: &str) -> i64 {
+    group_id(
+        app,
+        token,
+        json!({"name": "Cobranza", "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
+               "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await
+}
+
+async fn call(app: &TestApp, token: &str, group: i64, body: Value) -> Reply {
+    app.post(&format!("/api/groups/{group}/call"), Some(token), body)
+        .await
+}
+
+fn submits(sim: &Simulator) -> Vec<Value> {
+    sim.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/convai/batch-calling/submit")
+        .filter_map(|r| r.body)
+        .collect()
+}
+
+async fn launch_answers_like_the_seed_and_stores_batch_and_calls(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin_id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": admin_id, "agentPhoneNumberId": null, "scheduledTimeUnix": null}),
+    )
+    .await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let data = &reply.body["data"];
+    let batch_id = data["batchId"].as_str().unwrap();
+    assert!(
+        batch_id.starts_with("btcal_") && batch_id.len() == 34,
+        "{batch_id}"
+    );
+    assert_eq!(data["groupId"], group);
+    assert_eq!(data["groupName"], "Cobranza");
+    assert_eq!(data["agentId"], SIM_AGENT_COBRANZA);
+    assert_eq!(data["recipientsCount"], 3);
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono_tz::America::Bogota)
+        .format("%d/%m/%Y");
+    assert_eq!(data["callName"], format!("Llamada Cobranza - {today}"));
+    let batch = &data["batchData"];
+    assert_eq!(batch["id"], batch_id);
+    assert_eq!(batch["name"], data["callName"]);
+    assert_eq!(batch["status"], "pending");
+    assert_eq!(batch["agent_id"], SIM_AGENT_COBRANZA);
+    assert_eq!(batch["recipients"][0]["phone_number"], "+573138539151");
+    assert!(batch["recipients"][0]["recipient_id"].is_string());
+    assert_eq!(data["batchIds"], json!([batch_id]));
+    assert_eq!(data["batchStatus"], "pending");
+    assert_eq!(data["phoneNumberId"], SIM_PHONE_ASSIGNED);
+    assert_eq!(data["scheduledTimeUnix"], Value::Null);
+    assert_eq!(data["totalClientsInGroup"], 3);
+    assert_eq!(data["excludedClients"], 0);
+    assert_eq!(
+        data["excluded"],
+        json!({"invalidPhone": 0, "doNotCall": 0, "duplicate": 0})
+    );
+
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted'")
+            .await,
+        1
+    );
+    assert_eq!(app.db.scalar(&format!("SELECT COUNT(*) FROM batches WHERE elevenlabs_batch_id = '{batch_id}' AND created_by = {admin_id}")).await, 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records WHERE status = 'pending' AND client_id IS NOT NULL").await, 3);
+    let group_now = app.get(&format!("/api/groups/{group}"), Some(&token)).await;
+    assert_eq!(
+        group_now.body["data"]["batchCallStats"]["hasBeenCalled"],
+        true
+    );
+    assert_eq!(
+        group_now.body["data"]["phoneNumberId"], SIM_PHONE_ASSIGNED,
+        "the chosen number is saved"
+    );
+}
+
+fn openapi_validator(schema: &str) -> jsonschema::Validator {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/elevenlabs_openapi.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["$ref"] = json!(format!("#/components/schemas/{schema}"));
+    jsonschema::validator_for(&doc).expect("schema compiles")
+}
+
+fn assert_matches_schema(schema: &str, instance: &Value) {
+    let validator = openapi_validator(schema);
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{instance}");
+}
+
+async fn elevenlabs_receives_e164_numbers_variables_and_the_schema_it_expects(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin_id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": admin_id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let sent = submits(&sim);
+    assert_eq!(sent.len(), 1);
+    let body = &sent[0];
+    assert_matches_schema(
+        "Body_Submit_a_batch_call_request__v1_convai_batch_calling_submit_post",
+        body,
+    );
+    assert_eq!(body["call_name"], reply.body["data"]["callName"]);
+    assert_eq!(body["agent_id"], SIM_AGENT_COBRANZA);
+    assert_eq!(body["agent_phone_number_id"], SIM_PHONE_ASSIGNED);
+    assert!(
+        body.as_object()
+            .unwrap()
+            .contains_key("scheduled_time_unix"),
+        "sent explicitly"
+    );
+    assert_eq!(body["scheduled_time_unix"], Value::Null);
+    let numbers: Vec<&str> = body["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phone_number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers, ["+573138539151", "+573138539152", "+573138539153"]);
+    let ana = &body["recipients"][0];
+    let vars = &ana["conversation_initiation_client_data"]["dynamic_variables"];
+    assert_eq!(
+        vars["monto"], "150000",
+        "the client's column overrides the group default"
+    );
+    assert_eq!(vars["empresa"], "ACME", "group defaults are kept");
+    assert_eq!(vars["name"], "Ana");
+    assert_eq!(vars["phone_number"], "+573138539151");
+    assert_eq!(vars["email"], "ana@example.com");
+    assert_eq!(vars["group_name"], "Cobranza");
+    assert_eq!(vars["client_id"], ana["id"]);
+    assert!(
+        sim.requests()
+            .iter()
+            .all(|r| r.api_key.as_deref() == Some("simulator-local-key"))
+    );
+    // The simulator's answer fits ElevenLabs' own schema too.
+    let answer = reply.body["data"]["batchData"].clone();
+    let mut without_ours = answer.clone();
+    without_ours.as_object_mut().unwrap().remove("recipients");
+    assert_matches_schema("BatchCallResponse", &without_ours);
+}
+
+async fn user_id_must_be_a_positive_integer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    for body in [
+        json!({}),
+        json!({"userId": null}),
+        json!({"userId": 0}),
+        json!({"userId": "abc"}),
+        json!({"userId": -3}),
+    ] {
+        call(&app, &token, group, body)
+            .await
+            .assert_error(400, "ID de usuario es requerido en el body de la petición");
+    }
+    // Check 1 comes before check 2.
+    call(&app, &token, 999, json!({}))
+        .await
+        .assert_error(400, "ID de usuario es requerido en el body de la petición");
+}
+
+async fn unknown_or_foreign_group_is_not_found(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let (ana, ana_id) = app.user(&admin, "ana").await;
+    let group = ready_group(&app, &admin).await;
+    call(&app, &ana, group, json!({"userId": ana_id}))
+        .await
+        .assert_error(404, "Grupo no encontrado");
+    call(&app, &admin, 999, json!({"userId": 1}))
+        .await
+        .assert_error(404, "Grupo no encontrado");
+    app.delete(&format!("/api/groups/{group}"), Some(&admin))
+        .await
+        .assert_ok(200, "Grupo eliminado exitosamente");
+    call(&app, &admin, group, json!({"userId": 1}))
+        .await
+        .assert_error(404, "Grupo no encontrado");
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 0);
+}
+
+async fn group_without_agent_or_clients_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let no_agent = group_id(
+        &app,
+        &token,
+        json!({"name": "a", "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await;
+    call(&app, &token, no_agent, json!({"userId": id}))
+        .await
+        .assert_error(
+            400,
+            "El grupo no tiene un agente asignado. Por favor, asigna un agente al crear el grupo.",
+        );
+    let no_clients = group_id(
+        &app,
+        &token,
+        json!({"name": "b", "agentId": SIM_AGENT_COBRANZA}),
+    )
+    .await;
+    call(&app, &token, no_clients, json!({"userId": id}))
+        .await
+        .assert_error(400, "El grupo no tiene clientes asignados para llamar");
+    assert!(submits(&sim(&app)).is_empty());
+}
+
+async fn user_must_exist_and_users_act_only_for_themselves(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, admin_id) = app.admin().await;
+    let (ana, ana_id) = app.user(&admin, "ana").await;
+    let group = ready_group(&app, &ana).await;
+    call(&app, &ana, group, json!({"userId": 999}))
+        .await
+        .assert_error(404, "Usuario no encontrado");
+    call(&app, &ana, group, json!({"userId": admin_id}))
+        .await
+        .assert_error(403, "No puedes iniciar llamadas en nombre de otro usuario");
+    // An admin may launch on a user's behalf.
+    call(&app, &admin, group, json!({"userId": ana_id}))
+        .await
+        .assert_ok(
+            200,
+            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+        );
+    let (_, luis_id) = app.user(&admin, "luis").await;
+    app.delete(&format!("/api/users/{luis_id}"), Some(&admin))
+        .await
+        .assert_ok(200, "Usuario desactivado exitosamente");
+    let other = group_id(&app, &admin, json!({"name": "otro", "agentId": SIM_AGENT_COBRANZA, "base64": b64(CSV.as_bytes()), "document_name": "c.csv"})).await;
+    call(&app, &admin, other, json!({"userId": luis_id}))
+        .await
+        .assert_error(404, "Usuario no encontrado");
+}
+
+async fn schedule_must_be_future_and_within_thirty_days(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let now = chrono::Utc::now().timestamp();
+    call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "scheduledTimeUnix": now - 3600}),
+    )
+    .await
+    .assert_error(400, "scheduledTimeUnix debe ser una fecha futura");
+    call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "scheduledTimeUnix": now + 31 * 86400}),
+    )
+    .await
+    .assert_error(400, "scheduledTimeUnix no puede superar 30 días");
+    let sim = sim(&app);
+    sim.clear_requests();
+    let at = now + 3600;
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "scheduledTimeUnix": at}),
+    )
+    .await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(reply.body["data"]["scheduledTimeUnix"], at);
+    assert_eq!(submits(&sim)[0]["scheduled_time_unix"], at);
+}
+
+async fn phone_number_comes_from_body_group_or_elevenlabs_and_is_saved(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.duplicate_window_secs = 0).await;
+    let (token, id) = app.admin().await;
+    let sim = sim(&app);
+    // The agent's own number is preferred when neither body nor group names one.
+    let group = ready_group(&app, &token).await;
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(reply.body["data"]["phoneNumberId"], SIM_PHONE_ASSIGNED);
+    // The body wins over the group, and is saved.
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "agentPhoneNumberId": SIM_PHONE_FREE}),
+    )
+    .await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(reply.body["data"]["phoneNumberId"], SIM_PHONE_FREE);
+    let saved = app.get(&format!("/api/groups/{group}"), Some(&token)).await;
+    assert_eq!(saved.body["data"]["phoneNumberId"], SIM_PHONE_FREE);
+    // Then the group's number is used.
+    sim.clear_requests();
+    call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(submits(&sim)[0]["agent_phone_number_id"], SIM_PHONE_FREE);
+    // An agent with no number of its own gets the first outbound one.
+    let other = group_id(&app, &token, json!({"name": "r", "agentId": SIM_AGENT_RECORDATORIO, "base64": b64(CSV.as_bytes()), "document_name": "c.csv"})).await;
+    let reply = call(&app, &token, other, json!({"userId": id})).await;
+    assert_eq!(reply.body["data"]["phoneNumberId"], SIM_PHONE_ASSIGNED);
+}
+
+async fn no_usable_phone_number_is_refused(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.elevenlabs_cache_secs = 0).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let message = "No hay números de teléfono disponibles. Por favor, configura un phoneNumberId.";
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "agentPhoneNumberId": "phnum_unknown"}),
+    )
+    .await;
+    reply.assert_error(400, message);
+    assert!(
+        reply.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("phnum_unknown")
+    );
+    let sim = sim(&app);
+    sim.inject(Fault::status(
+        "GET",
+        "/v1/convai/phone-numbers",
+        500,
+        json!({"detail": "down"}),
+    ));
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_error(400, message);
+    assert!(reply.body["error"].is_string());
+    sim.clear_faults();
+    sim.set_phone_numbers(vec![]);
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_error(400, message);
+    assert!(submits(&sim).is_empty());
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 0);
+}
+
+async fn agent_that_cannot_be_checked_is_refused(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.elevenlabs_cache_secs = 0).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    sim.inject(Fault::status(
+        "GET",
+        &format!("/v1/convai/agents/{SIM_AGENT_COBRANZA}"),
+        404,
+        json!({"detail": {"code": "agent_not_found", "message": "Agent not found"}}),
+    ));
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_error(400, "No se pudo verificar la configuración del agente");
+    assert!(submits(&sim).is_empty());
+}
+
+async fn agent_variables_must_be_present_for_every_recipient(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    // The debt agent needs {{name}} and {{monto}}: Luis has no amount and the group no default.
+    let csv = "nombre,telefono,monto\nAna,3138539151,10\nLuis,3138539152,\n";
+    let group = group_id(&app, &token, json!({"name": "g", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_error(400, "Faltan variables requeridas en el mensaje del agente");
+    assert_eq!(reply.body["errorCode"], "MISSING_VARIABLES");
+    let detail = reply.body["error"].as_str().unwrap();
+    assert!(
+        detail.contains("monto") && !detail.contains("name"),
+        "{detail}"
+    );
+    assert!(submits(&sim(&app)).is_empty());
+    // A group default fills the gap.
+    app.put(
+        &format!("/api/groups/{group}"),
+        Some(&token),
+        json!({"variables": {"monto": "consultar"}}),
+    )
+    .await
+    .assert_ok(200, "Grupo actualizado exitosamente");
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_ok(200, "Llamadas iniciadas exitosamente para el grupo \"g\"");
+}
+
+async fn do_not_call_numbers_are_excluded_and_counted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    app.post(
+        "/api/do-not-call",
+        Some(&token),
+        json!({"phone": "313 853 9152", "reason": "pidió no ser llamado"}),
+    )
+    .await
+    .assert_ok(201, "Número agregado a la lista de no llamar");
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(reply.body["data"]["recipientsCount"], 2);
+    assert_eq!(reply.body["data"]["excludedClients"], 1);
+    assert_eq!(reply.body["data"]["excluded"]["doNotCall"], 1);
+    assert_eq!(reply.body["data"]["totalClientsInGroup"], 3);
+    let sent = submits(&sim);
+    assert!(
+        sent[0]["recipients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["phone_number"] != "+573138539152")
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 2);
+}
+
+async fn nobody_left_to_call_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    for phone in ["+573138539151", "+573138539152", "+573138539153"] {
+        app.post("/api/do-not-call", Some(&token), json!({"phone": phone}))
+            .await;
+    }
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_error(
+            400,
+            "No se encontraron clientes con números telefónicos válidos en el grupo",
+        );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 0);
+}
+
+async fn large_group_is_split_into_batches_of_ten_thousand(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..25_000 {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    let group = group_id(&app, &token, json!({"name": "Grande", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Grande\"",
+    );
+    let data = &reply.body["data"];
+    assert_eq!(data["recipientsCount"], 25_000);
+    assert_eq!(data["batchIds"].as_array().unwrap().len(), 3);
+    assert_eq!(data["batchId"], data["batchIds"][0]);
+    let sent = submits(&sim);
+    let sizes: Vec<usize> = sent
+        .iter()
+        .map(|b| b["recipients"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [10_000, 10_000, 5_000]);
+    let name = data["callName"].as_str().unwrap();
+    assert_eq!(sent[0]["call_name"], format!("{name} (1/3)"));
+    assert_eq!(sent[2]["call_name"], format!("{name} (3/3)"));
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM batches WHERE part_count = 3")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        25_000
+    );
+}
+
+async fn concurrent_launches_give_one_batch_and_one_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    sim(&app).inject(Fault::delay("POST", "/v1/convai/batch-calling/submit", 300));
+    let body = json!({"userId": id});
+    let (a, b) = tokio::join!(
+        call(&app, &token, group, body.clone()),
+        call(&app, &token, group, body.clone())
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+    let conflict = if a.status == 409 { &a } else { &b };
+    conflict.assert_error(
+        409,
+        "Ya se iniciaron llamadas para este grupo hace un momento",
+    );
+    assert_eq!(submits(&sim(&app)).len(), 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+}
+
+async fn launching_again_within_the_window_is_a_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let first = call(&app, &token, group, json!({"userId": id})).await;
+    first.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let again = call(&app, &token, group, json!({"userId": id})).await;
+    again.assert_error(
+        409,
+        "Ya se iniciaron llamadas para este grupo hace un momento",
+    );
+    assert_eq!(again.body["data"]["batchId"], first.body["data"]["batchId"]);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+}
+
+async fn idempotency_key_replays_the_first_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let send = |key: &'static str, body: Value| {
+        app.send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", key)
+                .json(&body),
+        )
+    };
+    let first = send("launch-1", json!({"userId": id})).await;
+    first.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let second = send("launch-1", json!({"userId": id})).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body, first.body, "the same answer, not a new batch");
+    assert_eq!(submits(&sim(&app)).len(), 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    send(
+        "launch-1",
+        json!({"userId": id, "scheduledTimeUnix": chrono::Utc::now().timestamp() + 600}),
+    )
+    .await
+    .assert_error(422, "La clave de idempotencia ya se usó con otra petición");
+    // A deliberate new launch with a new key is allowed inside the window.
+    send("launch-2", json!({"userId": id})).await.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+}
+
+async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    let submit = "/v1/convai/batch-calling/submit";
+    let cases: [(u16, Value, Option<u64>, u16, &str); 4] = [
+        (
+            422,
+            json!({"detail": [{"loc": ["body", "recipients", 0, "phone_number"], "msg": "invalid phone", "type": "value_error"}]}),
+            None,
+            400,
+            "INVALID_PHONE",
+        ),
+        (
+            401,
+            json!({"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}),
+            None,
+            502,
+            "ELEVENLABS_UNAUTHORIZED",
+        ),
+        (
+            429,
+            json!({"detail": {"code": "concurrent_limit_exceeded", "message": "busy"}}),
+            Some(12),
+            503,
+            "ELEVENLABS_BUSY",
+        ),
+        (
+            500,
+            json!({"detail": "internal"}),
+            None,
+            502,
+            "ELEVENLABS_UNAVAILABLE",
+        ),
+    ];
+    for (status, body, retry_after, expected, code) in cases {
+        sim.clear_faults();
+        sim.clear_requests();
+        sim.inject(Fault {
+            method: Some("POST".into()),
+            path_prefix: submit.into(),
+            action: FaultAction::Status {
+                status,
+                body,
+                retry_after,
+            },
+            times: None,
+        });
+        let reply = call(&app, &token, group, json!({"userId": id})).await;
+        reply.assert_error(expected, "Error iniciando las llamadas");
+        assert_eq!(reply.body["errorCode"], code, "{}", reply.text);
+        assert!(reply.body["error"].is_string());
+        assert!(!reply.text.contains("simulator-local-key"));
+        if status == 429 {
+            assert_eq!(reply.headers["retry-after"], "12");
+        }
+        assert_eq!(
+            submits(&sim).len(),
+            1,
+            "a submit is never retried ({status})"
+        );
+        assert_eq!(
+            app.db.scalar("SELECT COUNT(*) FROM batches").await,
+            0,
+            "{status}"
+        );
+        assert_eq!(
+            app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+            0,
+            "{status}"
+        );
+    }
+    // The launch lock is released after a failure: the next attempt goes through.
+    sim.clear_faults();
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_ok(
+            200,
+            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+        );
+}
+
+async fn elevenlabs_timeout_is_recorded_for_reconciliation_not_retried(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.elevenlabs_timeout_secs = 1).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    sim.inject(Fault::delay("POST", "/v1/convai/batch-calling/submit", 2500).times(1));
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_error(502, "Error iniciando las llamadas");
+    assert_eq!(reply.body["errorCode"], "ELEVENLABS_UNAVAILABLE");
+    assert_eq!(submits(&sim).len(), 1, "never retried blindly");
+    // No visible batch, but the attempt is kept for the sync to reconcile.
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted'")
+            .await,
+        0
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown' AND elevenlabs_batch_id IS NULL").await, 1);
+    let group_now = app.get(&format!("/api/groups/{group}"), Some(&token)).await;
+    assert_eq!(
+        group_now.body["data"]["batchCallStats"]["hasBeenCalled"],
+        false
+    );
+    // Trying again at once would risk dialling twice: refused within the window.
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_error(
+            409,
+            "Ya se iniciaron llamadas para este grupo hace un momento",
+        );
+}
+
+async fn do_not_call_list_is_managed_by_admins(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let (user, _) = app.user(&admin, "ana").await;
+    app.post(
+        "/api/do-not-call",
+        Some(&user),
+        json!({"phone": "3138539155"}),
+    )
+    .await
+    .assert_error(403, "No tienes permiso para realizar esta acción");
+    let added = app
+        .post(
+            "/api/do-not-call",
+            Some(&admin),
+            json!({"phone": "(313) 853-9155", "reason": "queja"}),
+        )
+        .await;
+    added.assert_ok(201, "Número agregado a la lista de no llamar");
+    assert_eq!(added.body["data"]["phone"], "+573138539155");
+    app.post(
+        "/api/do-not-call",
+        Some(&admin),
+        json!({"phone": "+57 313 853 9155"}),
+    )
+    .await
+    .assert_error(409, "El número ya está en la lista de no llamar");
+    app.post("/api/do-not-call", Some(&admin), json!({"phone": "123"}))
+        .await
+        .assert_error(400, "Número de teléfono inválido");
+    let list = app.get("/api/do-not-call", Some(&user)).await;
+    list.assert_ok(200, "Lista de no llamar obtenida exitosamente");
+    assert_eq!(list.body["pagination"]["total"], 1);
+    assert_eq!(list.body["data"][0]["reason"], "queja");
+    app.delete("/api/do-not-call/%2B573138539155", Some(&user))
+        .await
+        .assert_error(403, "No tienes permiso para realizar esta acción");
+    app.delete("/api/do-not-call/%2B573138539155", Some(&admin))
+        .await
+        .assert_ok(200, "Número eliminado de la lista de no llamar");
+    app.delete("/api/do-not-call/3138539155", Some(&admin))
+        .await
+        .assert_error(404, "El número no está en la lista de no llamar");
+}

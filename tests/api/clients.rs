@@ -1,0 +1,393 @@
+//! API.md §4: the clients of a group.
+
+use serde_json::{Value, json};
+
+use crate::groups::{b64, csv_upload, group_id};
+use crate::helpers::{Backend, both_backends, spawn_app, spawn_app_with};
+
+both_backends!(
+    client_is_added_with_its_e164_number,
+    client_needs_a_name_and_a_valid_phone,
+    the_same_number_twice_is_a_conflict,
+    client_outside_the_group_is_not_found,
+    client_update_takes_only_known_fields,
+    client_delete_is_soft,
+    clients_are_filtered_by_status_and_search,
+    import_appends_and_counts_numbers_already_in_the_group,
+    import_needs_a_file_and_respects_the_group_limit,
+    uncalled_clients_are_those_in_no_batch,
+);
+
+async fn client_is_added_with_its_e164_number(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(&app, &token, json!({"name": "g"})).await;
+    let reply = app
+        .post(
+            &format!("/api/groups/{id}/clients"),
+            Some(&token),
+            json!({"name": "Ana", "phone": "313 853 9155", "email": "Ana@Example.com", "category": "vip",
+                   "externalId": "00123", "variables": {"monto": "100"}}),
+        )
+        .await;
+    reply.assert_ok(201, "Cliente agregado al grupo exitosamente");
+    let client = &reply.body["data"];
+    assert_eq!(client["groupId"], id);
+    assert_eq!(client["phone"], "313 853 9155");
+    assert_eq!(client["phoneE164"], "+573138539155");
+    assert_eq!(client["email"], "ana@example.com");
+    assert_eq!(client["status"], "pending");
+    assert_eq!(client["externalId"], "00123");
+    assert_eq!(client["variables"], json!({"monto": "100"}));
+    let group = app.get(&format!("/api/groups/{id}"), Some(&token)).await;
+    assert_eq!(group.body["data"]["clientsCount"], 1);
+}
+
+async fn client_needs_a_name_and_a_valid_phone(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(&app, &token, json!({"name": "g"})).await;
+    let path = format!("/api/groups/{id}/clients");
+    app.post(&path, Some(&token), json!({"phone": "3138539155"}))
+        .await
+        .assert_error(400, "El nombre y el teléfono del cliente son requeridos");
+    for phone in ["12345", "abc", "+57 313"] {
+        app.post(&path, Some(&token), json!({"name": "Ana", "phone": phone}))
+            .await
+            .assert_error(400, "Número de teléfono inválido");
+    }
+    app.post(
+        &path,
+        Some(&token),
+        json!({"name": "Ana", "phone": "3138539155", "variables": "x"}),
+    )
+    .await
+    .assert_error(400, "Las variables deben ser un objeto JSON");
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 0);
+}
+
+async fn the_same_number_twice_is_a_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(&app, &token, json!({"name": "g"})).await;
+    let path = format!("/api/groups/{id}/clients");
+    app.post(
+        &path,
+        Some(&token),
+        json!({"name": "Ana", "phone": "3138539155"}),
+    )
+    .await
+    .assert_ok(201, "Cliente agregado al grupo exitosamente");
+    app.post(
+        &path,
+        Some(&token),
+        json!({"name": "Otra", "phone": "+57 313 853 9155"}),
+    )
+    .await
+    .assert_error(409, "Cliente ya está en el grupo");
+    // Another group may hold the same person.
+    let other = group_id(&app, &token, json!({"name": "h"})).await;
+    app.post(
+        &format!("/api/groups/{other}/clients"),
+        Some(&token),
+        json!({"name": "Ana", "phone": "3138539155"}),
+    )
+    .await
+    .assert_ok(201, "Cliente agregado al grupo exitosamente");
+}
+
+async fn client_outside_the_group_is_not_found(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let a = group_id(
+        &app,
+        &token,
+        csv_upload("a", "nombre,telefono\nAna,3138539155\n"),
+    )
+    .await;
+    let b = group_id(&app, &token, json!({"name": "b"})).await;
+    let clients = app
+        .get(&format!("/api/groups/{a}/clients"), Some(&token))
+        .await;
+    let client_id = clients.body["data"][0]["id"].as_i64().unwrap();
+    let message = "Cliente no está en el grupo";
+    let path = format!("/api/groups/{b}/clients/{client_id}");
+    app.get(&path, Some(&token))
+        .await
+        .assert_error(404, message);
+    app.put(&path, Some(&token), json!({"name": "x"}))
+        .await
+        .assert_error(404, message);
+    app.delete(&path, Some(&token))
+        .await
+        .assert_error(404, message);
+    app.get(
+        &format!("/api/groups/{a}/clients/{client_id}"),
+        Some(&token),
+    )
+    .await
+    .assert_ok(200, "Cliente obtenido exitosamente");
+    app.get(&format!("/api/groups/{a}/clients/abc"), Some(&token))
+        .await
+        .assert_error(400, "ID inválido");
+}
+
+async fn client_update_takes_only_known_fields(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload(
+            "g",
+            "nombre,telefono,correo\nAna,3138539155,ana@x.co\nLuis,3138539156,\n",
+        ),
+    )
+    .await;
+    let clients = app
+        .get(&format!("/api/groups/{id}/clients"), Some(&token))
+        .await;
+    let ana = clients.body["data"][0]["id"].as_i64().unwrap();
+    let path = format!("/api/groups/{id}/clients/{ana}");
+    let reply = app
+        .put(
+            &path,
+            Some(&token),
+            json!({"name": "Ana María", "phone": "(313) 853-9157", "email": null, "status": "contacted",
+                   "group_id": 999, "groupId": 999, "id": 1, "phone_e164 = '+1'; --": "x", "variables": {"a": "b"}}),
+        )
+        .await;
+    reply.assert_ok(200, "Cliente actualizado exitosamente");
+    let client = &reply.body["data"];
+    assert_eq!(client["name"], "Ana María");
+    assert_eq!(client["phoneE164"], "+573138539157");
+    assert_eq!(client["email"], Value::Null);
+    assert_eq!(client["status"], "contacted");
+    assert_eq!(client["groupId"], id);
+    assert_eq!(client["id"], ana);
+    assert_eq!(client["variables"], json!({"a": "b"}));
+    app.put(&path, Some(&token), json!({"status": "done"}))
+        .await
+        .assert_error(
+            400,
+            "Estado de cliente inválido. Usa pending, contacted, completed o cancelled",
+        );
+    app.put(&path, Some(&token), json!({"phone": "12"}))
+        .await
+        .assert_error(400, "Número de teléfono inválido");
+    app.put(&path, Some(&token), json!({"phone": "3138539156"}))
+        .await
+        .assert_error(409, "Cliente ya está en el grupo");
+    let after = app.get(&path, Some(&token)).await;
+    assert_eq!(after.body["data"]["phoneE164"], "+573138539157");
+}
+
+async fn client_delete_is_soft(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("g", "nombre,telefono\nAna,3138539155\n"),
+    )
+    .await;
+    let clients = app
+        .get(&format!("/api/groups/{id}/clients"), Some(&token))
+        .await;
+    let ana = clients.body["data"][0]["id"].as_i64().unwrap();
+    let path = format!("/api/groups/{id}/clients/{ana}");
+    app.delete(&path, Some(&token))
+        .await
+        .assert_ok(200, "Cliente eliminado exitosamente");
+    app.get(&path, Some(&token))
+        .await
+        .assert_error(404, "Cliente no está en el grupo");
+    app.delete(&path, Some(&token))
+        .await
+        .assert_error(404, "Cliente no está en el grupo");
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM clients WHERE deleted_at IS NOT NULL")
+            .await,
+        1
+    );
+    // The number is free again.
+    app.post(
+        &format!("/api/groups/{id}/clients"),
+        Some(&token),
+        json!({"name": "Ana", "phone": "3138539155"}),
+    )
+    .await
+    .assert_ok(201, "Cliente agregado al grupo exitosamente");
+}
+
+async fn clients_are_filtered_by_status_and_search(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let csv = "nombre,telefono,cedula\nAna Pérez,3138539151,111\nLuis,3138539152,222\nMaría,3138539153,333\n";
+    let id = group_id(&app, &token, csv_upload("g", csv)).await;
+    let list = app
+        .get(&format!("/api/groups/{id}/clients"), Some(&token))
+        .await;
+    list.assert_ok(200, "Clientes obtenidos exitosamente");
+    assert_eq!(list.body["pagination"]["total"], 3);
+    let luis = list.body["data"][1]["id"].as_i64().unwrap();
+    app.put(
+        &format!("/api/groups/{id}/clients/{luis}"),
+        Some(&token),
+        json!({"status": "completed"}),
+    )
+    .await
+    .assert_ok(200, "Cliente actualizado exitosamente");
+    let done = app
+        .get(
+            &format!("/api/groups/{id}/clients?status=completed"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(done.body["pagination"]["total"], 1);
+    assert_eq!(done.body["data"][0]["name"], "Luis");
+    let by_name = app
+        .get(
+            &format!("/api/groups/{id}/clients?search=P%C3%89REZ"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(by_name.body["pagination"]["total"], 1);
+    let by_phone = app
+        .get(
+            &format!("/api/groups/{id}/clients?search=8539153"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(by_phone.body["data"][0]["name"], "María");
+    let by_id = app
+        .get(
+            &format!("/api/groups/{id}/clients?search=222"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(by_id.body["data"][0]["name"], "Luis");
+    app.get(
+        &format!("/api/groups/{id}/clients?status=raro"),
+        Some(&token),
+    )
+    .await
+    .assert_error(
+        400,
+        "Estado de cliente inválido. Usa pending, contacted, completed o cancelled",
+    );
+}
+
+async fn import_appends_and_counts_numbers_already_in_the_group(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("g", "nombre,telefono\nAna,3138539155\n"),
+    )
+    .await;
+    let csv = "nombre;telefono\nAna otra vez;+57 313 853 9155\nLuis;3138539156\nLuis bis;313-853-9156\nMalo;999\n";
+    let reply = app
+        .post(
+            &format!("/api/groups/{id}/clients/import"),
+            Some(&token),
+            json!({"base64": b64(csv.as_bytes()), "document_name": "mas.csv"}),
+        )
+        .await;
+    reply.assert_ok(201, "Clientes importados exitosamente");
+    let report = &reply.body["data"]["fileProcessing"];
+    assert_eq!(report["clientsCreated"], 1, "{report}");
+    assert_eq!(report["duplicates"], 2, "{report}");
+    assert_eq!(report["invalidRows"], 1, "{report}");
+    assert_eq!(report["totalRows"], 4, "{report}");
+    assert_eq!(report["errors"][0]["row"], 5, "{report}");
+    assert_eq!(reply.body["data"]["clientsCount"], 2);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 2);
+}
+
+async fn import_needs_a_file_and_respects_the_group_limit(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.max_clients_per_group = 2).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("g", "nombre,telefono\nAna,3138539155\n"),
+    )
+    .await;
+    let path = format!("/api/groups/{id}/clients/import");
+    app.post(&path, Some(&token), json!({"document_name": "x.csv"}))
+        .await
+        .assert_error(400, "El archivo (base64 y document_name) es requerido");
+    let csv = "nombre,telefono\nB,3138539156\nC,3138539157\n";
+    app.post(
+        &path,
+        Some(&token),
+        json!({"base64": b64(csv.as_bytes()), "document_name": "x.csv"}),
+    )
+    .await
+    .assert_error(
+        400,
+        "El archivo tiene demasiadas filas (3). El máximo permitido es 2 filas.",
+    );
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM clients").await,
+        1,
+        "nothing of the refused import stays"
+    );
+    app.post(
+        &format!("/api/groups/{id}/clients"),
+        Some(&token),
+        json!({"name": "B", "phone": "3138539156"}),
+    )
+    .await
+    .assert_ok(201, "Cliente agregado al grupo exitosamente");
+    app.post(
+        &format!("/api/groups/{id}/clients"),
+        Some(&token),
+        json!({"name": "C", "phone": "3138539157"}),
+    )
+    .await
+    .assert_error(400, "El grupo ya tiene el máximo de clientes permitido (2)");
+}
+
+async fn uncalled_clients_are_those_in_no_batch(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin_id) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("g", "nombre,telefono\nAna,3138539155\nLuis,3138539156\n"),
+    )
+    .await;
+    let clients = app
+        .get(&format!("/api/groups/{id}/clients"), Some(&token))
+        .await;
+    let ana = clients.body["data"][0]["id"].as_i64().unwrap();
+    // A batch that called Ana (written directly: launching calls is another feature).
+    let now = "2026-01-01T00:00:00Z";
+    let timestamp = match backend {
+        Backend::Sqlite => format!("'{now}'"),
+        Backend::Postgres => format!("TIMESTAMPTZ '{now}'"),
+    };
+    app.db
+        .execute(&format!(
+            "INSERT INTO batches (elevenlabs_batch_id, group_id, created_by, agent_id, name, status, created_at, updated_at)
+             VALUES ('btcal_1', {id}, {admin_id}, 'agent_1', 'Llamada', 'pending', {timestamp}, {timestamp});
+             INSERT INTO call_records (batch_id, group_id, client_id, phone_e164, status, created_at, updated_at)
+             SELECT id, {id}, {ana}, '+573138539155', 'pending', {timestamp}, {timestamp} FROM batches"
+        ))
+        .await;
+    let reply = app
+        .get(&format!("/api/groups/{id}/uncalled-clients"), Some(&token))
+        .await;
+    reply.assert_ok(200, "Clientes sin llamar obtenidos exitosamente");
+    assert_eq!(reply.body["pagination"]["total"], 1);
+    assert_eq!(reply.body["data"][0]["name"], "Luis");
+    let group = app.get(&format!("/api/groups/{id}"), Some(&token)).await;
+    let stats = &group.body["data"]["batchCallStats"];
+    assert_eq!(stats["hasBeenCalled"], true);
+    assert_eq!(stats["status"], "pending");
+    assert_eq!(stats["totalRecipients"], 1);
+}
