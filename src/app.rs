@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::clients::router())
         .merge(http::agents::router())
         .merge(http::calls::router())
+        .merge(http::batches::router())
         .merge(http::dnc::router())
         .merge(http::ops::router())
         .fallback(route_not_found)
@@ -228,6 +229,14 @@ impl Application {
         let grace = Duration::from_secs(self.state.config.shutdown_timeout_secs);
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
+        // The sync worker runs beside the server and stops with it.
+        let (stop_sync, mut sync_stopped) = tokio::sync::watch::channel(false);
+        let worker = (self.state.config.sync_interval_secs > 0).then(|| {
+            let worker = crate::sync::SyncWorker::new(&self.state);
+            tokio::spawn(worker.run(async move {
+                let _ = sync_stopped.wait_for(|stop| *stop).await;
+            }))
+        });
         let server = axum::serve(
             self.listener,
             self.router
@@ -236,15 +245,21 @@ impl Application {
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_sync.send(true);
             notify.notify_one();
         });
-        tokio::select! {
+        let result = tokio::select! {
             result = server => result,
             _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time");
                 Ok(())
             }
+        };
+        if let Some(worker) = worker {
+            // A tick in progress finishes (its leases would expire anyway).
+            let _ = tokio::time::timeout(grace, worker).await;
         }
+        result
     }
 }
 

@@ -88,6 +88,7 @@ pub struct Config {
     pub max_upload_mb: u64,
     #[arg(long, env = "MAX_CLIENTS_PER_GROUP", default_value_t = 200_000)]
     pub max_clients_per_group: u64,
+    /// Seconds between two background syncs; 0 turns the sync worker off.
     #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 15)]
     pub sync_interval_secs: u64,
     #[arg(long, env = "DUPLICATE_WINDOW_SECS", default_value_t = 120)]

@@ -14,6 +14,7 @@ pub mod import;
 pub mod openapi;
 pub mod phone;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 pub use app::{AppState, Application, router};

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod batches;
 pub mod calls;
 pub mod clients;
 pub mod dnc;

@@ -41,6 +41,42 @@ pub(crate) const GROUP_SELECT: &str = "SELECT g.id, g.name, g.description, g.pro
 /// Rows per multi-row INSERT: 12 parameters a row stays under SQLite's and PostgreSQL's limits.
 pub(crate) const INSERT_CHUNK: usize = 1000;
 
+/// The `SET` clause that applies a [`crate::store::sync::StatusChange`], given
+/// the SQL expressions of its fields (`old` prefixes the row's own columns).
+/// A reopened call (a retry) starts from a clean outcome.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn status_change_set(
+    rid: &str,
+    status: &str,
+    conv: &str,
+    now: &str,
+    reopened: &str,
+    started: &str,
+    ended: &str,
+    old: &str,
+) -> String {
+    let clear =
+        |column: &str| format!("{column} = CASE WHEN {reopened} THEN NULL ELSE {old}{column} END");
+    [
+        format!("recipient_id = {rid}"),
+        format!("status = {status}"),
+        format!("conversation_id = {conv}"),
+        format!("updated_at = {now}"),
+        format!("started_at = CASE WHEN {reopened} THEN {started} ELSE COALESCE({old}started_at, {started}) END"),
+        format!("ended_at = CASE WHEN {reopened} THEN {ended} ELSE COALESCE({old}ended_at, {ended}) END"),
+        clear("conversation_fetched_at"),
+        clear("duration_secs"),
+        clear("call_successful"),
+        clear("transcript_summary"),
+        clear("termination_reason"),
+        clear("failure_reason"),
+        clear("data_collection"),
+        clear("evaluation"),
+        clear("transcript"),
+    ]
+    .join(", ")
+}
+
 /// One embedded migration: version, name, SQL.
 pub(crate) type Migration = (i64, &'static str, &'static str);
 
@@ -850,6 +886,15 @@ macro_rules! shared_store_impl {
                 .fetch_one(&mut *tx)
                 .await?;
                 Self::insert_call_records(&mut tx, id, batch.group_id, now, calls).await?;
+                // The people in a batch have been contacted (API.md §4 client status).
+                sqlx::query(
+                    "UPDATE clients SET status = 'contacted', updated_at = $2
+                     WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(id)
             }

@@ -9,6 +9,7 @@ mod common;
 pub mod models;
 pub mod postgres;
 pub mod sqlite;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service keeps. Both backends pass the same conformance suite
 /// (`tests/api/store.rs`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: sync::SyncStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip, for readiness checks.

@@ -82,6 +82,33 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// One prepared `UPDATE` per changed call, inside the caller's transaction
+    /// (SQLite runs in-process: no round trips to save).
+    async fn update_call_statuses(
+        tx: &mut Transaction<'_, Sqlite>,
+        now: chrono::DateTime<chrono::Utc>,
+        changes: &[crate::store::sync::StatusChange],
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "UPDATE call_records SET {} WHERE id = $1",
+            super::common::status_change_set("$2", "$3", "$4", "$5", "$6", "$7", "$8", "")
+        );
+        for change in changes {
+            sqlx::query(&sql)
+                .bind(change.record_id)
+                .bind(&change.recipient_id)
+                .bind(&change.status)
+                .bind(&change.conversation_id)
+                .bind(now)
+                .bind(change.reopened)
+                .bind(change.started_at)
+                .bind(change.ended_at)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The write lock of [`Self::begin_write`] already keeps other writers out.
     async fn lock_migrations(_tx: &mut Transaction<'_, Sqlite>) -> Result<(), sqlx::Error> {
         Ok(())
@@ -89,3 +116,4 @@ impl SqliteStore {
 }
 
 shared_store_impl!(SqliteStore, Sqlite, "sqlite");
+super::sync::sync_store_impl!(SqliteStore, sqlx::Sqlite);

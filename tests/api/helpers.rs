@@ -184,6 +184,8 @@ pub fn test_config(db: &TestDb) -> Config {
     config.login_window_secs = 900;
     config.shutdown_timeout_secs = 2;
     config.simulator_capture = true;
+    // Tests drive the sync themselves (`SyncWorker::tick`); one test runs the loop.
+    config.sync_interval_secs = 0;
     config
 }
 

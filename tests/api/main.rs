@@ -6,6 +6,7 @@ mod helpers;
 
 mod agents;
 mod auth;
+mod batches;
 mod calls;
 mod cli;
 mod clients;
