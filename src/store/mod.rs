@@ -7,6 +7,7 @@
 
 mod common;
 pub mod models;
+pub mod outcome;
 pub mod postgres;
 pub mod sqlite;
 
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use models::*;
+pub use outcome::{OutcomeStore, WebhookApplied};
 
 /// What can go wrong in the store, by kind (never by constraint name: SQLite has none).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service keeps. Both backends pass the same conformance suite
 /// (`tests/api/store.rs`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: OutcomeStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip, for readiness checks.
