@@ -184,6 +184,10 @@ pub fn test_config(db: &TestDb) -> Config {
     config.login_window_secs = 900;
     config.shutdown_timeout_secs = 2;
     config.simulator_capture = true;
+    // Off unless a test turns it on: webhooks landing in the middle of other
+    // tests would change the call records they look at.
+    config.simulator_webhooks = false;
+    config.elevenlabs_webhook_secret = None;
     config
 }
 
