@@ -15,3 +15,4 @@ mod ops;
 mod simulator;
 mod store;
 mod users;
+mod webhooks;
