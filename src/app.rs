@@ -34,6 +34,11 @@ pub struct AppState {
     pub elevenlabs: ElevenLabs,
     /// The in-process simulator, when no `ELEVENLABS_API_KEY` is configured.
     pub simulator: Option<Simulator>,
+    /// The secret webhooks must be signed with: `ELEVENLABS_WEBHOOK_SECRET`, or
+    /// in simulator mode with simulator webhooks on, a random one generated at
+    /// start and shared with the in-process simulator. `None`: the webhook
+    /// answers 503.
+    pub webhook_secret: Option<Secret>,
     pub cache: Arc<TtlCache>,
     pub jwt: Arc<JwtKeys>,
     pub login_limiter: Arc<LoginLimiter>,
@@ -75,9 +80,13 @@ impl AppState {
                 None,
             )
         };
+        let webhook_secret = config.webhook_secret().or_else(|| {
+            (simulator.is_some() && config.simulator_webhooks).then(random_webhook_secret)
+        });
         Ok(AppState {
             elevenlabs,
             simulator,
+            webhook_secret,
             cache: Arc::new(TtlCache::new(Duration::from_secs(
                 config.elevenlabs_cache_secs,
             ))),
@@ -97,6 +106,14 @@ impl AppState {
 /// The key the in-process simulator expects.
 const SIMULATOR_KEY: &str = "simulator-local-key";
 
+/// A secret shaped like ElevenLabs' (`wsec_` + 64 hex), for simulator mode.
+fn random_webhook_secret() -> Secret {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Secret::new(format!("wsec_{}", hex::encode(bytes)))
+}
+
 /// The whole HTTP surface. Tests and `serve` both go through here.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes();
@@ -110,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::calls::router())
         .merge(http::batches::router())
         .merge(http::dnc::router())
+        .merge(http::webhooks::router())
         .merge(http::ops::router())
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -205,6 +223,26 @@ impl Application {
         let addr = format!("{}:{}", config.host, config.port);
         let state = AppState::new(config).await?;
         let listener = TcpListener::bind(&addr).await?;
+        if let (Some(simulator), Some(secret), true) = (
+            &state.simulator,
+            &state.webhook_secret,
+            state.config.simulator_webhooks,
+        ) {
+            // Only now is the port known: the in-process simulator posts its
+            // webhooks to this very server, like ElevenLabs would.
+            let mut own = listener.local_addr()?;
+            if own.ip().is_unspecified() {
+                own.set_ip(if own.is_ipv6() {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                });
+            }
+            simulator.set_webhook(
+                format!("http://{own}{}", http::webhooks::PATH),
+                secret.clone(),
+            );
+        }
         Ok(Application {
             router: router(state.clone()),
             listener,

@@ -79,6 +79,11 @@ pub struct Config {
     /// Simulator mode: keep the last requests it received, for inspection (tests).
     #[arg(long, env = "SIMULATOR_CAPTURE", default_value = "false", value_parser = BoolishValueParser::new())]
     pub simulator_capture: bool,
+    /// Simulator mode: post the simulator's webhooks to this service's own
+    /// `/api/webhooks/elevenlabs` (signed with `ELEVENLABS_WEBHOOK_SECRET`, or a
+    /// random secret generated at start when none is set).
+    #[arg(long, env = "SIMULATOR_WEBHOOKS", default_value = "true", value_parser = BoolishValueParser::new())]
+    pub simulator_webhooks: bool,
     /// Open sign-up after the first admin.
     #[arg(long, env = "ALLOW_REGISTRATION", default_value = "false", value_parser = BoolishValueParser::new())]
     pub allow_registration: bool,
@@ -138,6 +143,13 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The configured webhook secret, if it is not blank.
+    pub fn webhook_secret(&self) -> Option<Secret> {
+        self.elevenlabs_webhook_secret
+            .clone()
+            .filter(|s| !s.expose().trim().is_empty())
     }
 
     pub fn simulator_mode(&self) -> bool {

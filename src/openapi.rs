@@ -52,6 +52,8 @@ use crate::http;
         http::dnc::list,
         http::dnc::add,
         http::dnc::remove,
+        http::webhooks::receive,
+        http::webhooks::receive_alias,
         http::ops::health,
         http::ops::ready,
         http::ops::api_health,
@@ -68,6 +70,7 @@ use crate::http;
         (name = "calls", description = "Iniciar llamadas (batch calls)"),
         (name = "batches", description = "Seguimiento de batches: estado, stream, cancelar, reintentar"),
         (name = "do-not-call", description = "Lista de números que nunca se llaman"),
+        (name = "webhooks", description = "Webhooks de ElevenLabs (firmados con HMAC, sin JWT)"),
         (name = "operations", description = "Salud, disponibilidad y métricas"),
     )
 )]

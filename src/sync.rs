@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::app::AppState;
 use crate::elevenlabs::ElevenLabs;
+use crate::elevenlabs::outcome::CallOutcome;
 use crate::elevenlabs::types::BatchCall;
 use crate::store::DynStore;
 use crate::store::sync::{BatchSnapshot, RecipientSnapshot, SyncBatch, is_final_batch_status};
@@ -29,6 +30,9 @@ const MAX_ROUNDS: usize = 25;
 const UNKNOWN_SUBMIT_GIVE_UP_SECS: i64 = 15 * 60;
 /// Pages of the workspace batch list read when looking for a timed-out submit.
 const RECONCILE_PAGES: usize = 5;
+/// Conversations read per batch and tick at most, and at once.
+const CONVERSATIONS_PER_TICK: i64 = 500;
+const CONVERSATION_CONCURRENCY: usize = 8;
 /// The longest wait between two syncs of a failing batch.
 const MAX_BACKOFF_SECS: i64 = 600;
 
@@ -41,6 +45,7 @@ pub struct SyncReport {
     pub finalized: usize,
     pub changed_calls: usize,
     pub reconciled: usize,
+    pub conversations: usize,
 }
 
 #[derive(Clone)]
@@ -60,6 +65,7 @@ struct Outcome {
     finalized: bool,
     changed: usize,
     reconciled: bool,
+    conversations: usize,
 }
 
 impl SyncWorker {
@@ -149,6 +155,7 @@ impl SyncWorker {
                 report.finalized += usize::from(outcome.finalized);
                 report.changed_calls += outcome.changed;
                 report.reconciled += usize::from(outcome.reconciled);
+                report.conversations += outcome.conversations;
             }
         }
         report
@@ -240,7 +247,10 @@ impl SyncWorker {
                 "sync: ElevenLabs lists recipients we did not send"
             );
         }
-        outcome.finalized = is_final_batch_status(&snapshot.status);
+        let (read, complete) = self.read_conversations(batch.id).await?;
+        outcome.conversations = read;
+        // Final once ElevenLabs says so and every finished call's conversation is kept.
+        outcome.finalized = is_final_batch_status(&snapshot.status) && complete;
         // A batch scheduled for later is looked at again shortly before it starts.
         let mut next = now + interval;
         if snapshot.status == "pending"
@@ -252,6 +262,75 @@ impl SyncWorker {
             next = at;
         }
         Ok((outcome, next))
+    }
+
+    /// Reads the conversations of the batch's finished calls (once each) and
+    /// keeps their outcome: duration, success, summary, data collection,
+    /// evaluation, transcript. Returns how many were read and whether none is
+    /// left. A conversation ElevenLabs does not have is not asked for again;
+    /// any other failure leaves the rest for the next tick.
+    async fn read_conversations(&self, batch_id: i64) -> anyhow::Result<(usize, bool)> {
+        let pending = self
+            .store
+            .calls_needing_conversation(batch_id, CONVERSATIONS_PER_TICK)
+            .await?;
+        if pending.is_empty() {
+            return Ok((0, true));
+        }
+        let mut read = 0;
+        let mut failed = false;
+        let mut tasks = JoinSet::new();
+        let mut queue = pending.into_iter();
+        loop {
+            while tasks.len() < CONVERSATION_CONCURRENCY {
+                let Some((record_id, conversation_id)) = queue.next() else {
+                    break;
+                };
+                let elevenlabs = self.elevenlabs.clone();
+                tasks.spawn(async move {
+                    (
+                        record_id,
+                        elevenlabs.get_conversation(&conversation_id).await,
+                    )
+                });
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let Ok((record_id, result)) = done else {
+                failed = true;
+                continue;
+            };
+            match result {
+                Ok(conversation) => {
+                    let mut outcome = CallOutcome::from_conversation(&conversation);
+                    // The batch's own recipient status stays the reference.
+                    outcome.status = None;
+                    if outcome.conversation_id.is_some() {
+                        self.store.apply_call_outcome(&outcome).await?;
+                    }
+                    self.store.mark_conversation_fetched(record_id).await?;
+                    read += 1;
+                }
+                Err(err) if err.status() == Some(404) => {
+                    self.store.mark_conversation_fetched(record_id).await?;
+                }
+                Err(err) => {
+                    tracing::warn!(batch = batch_id, error = %err, "sync: conversation not read");
+                    failed = true;
+                    // Stop asking; what is in flight finishes.
+                    queue = Vec::new().into_iter();
+                }
+            }
+        }
+        metrics::counter!("sync_conversations_total").increment(read as u64);
+        let left = !failed
+            && self
+                .store
+                .calls_needing_conversation(batch_id, 1)
+                .await?
+                .is_empty();
+        Ok((read, left))
     }
 
     /// Looks a timed-out submit up by its name in the workspace list. Found:

@@ -2,6 +2,7 @@
 //! the simulator the binary serves when no API key is configured.
 
 pub mod client;
+pub mod outcome;
 pub mod simulator;
 pub mod types;
 pub mod webhook;

@@ -153,6 +153,11 @@ struct Data {
 
 struct Shared {
     config: SimulatorConfig,
+    /// Where webhooks go now: the config's target, or one set later with
+    /// [`Simulator::set_webhook`].
+    webhook: Mutex<Option<(String, Secret)>>,
+    /// The webhook sender runs at most once per simulator.
+    sender_started: std::sync::atomic::AtomicBool,
     data: Mutex<Data>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<CapturedRequest>>,
@@ -243,6 +248,8 @@ impl Simulator {
         };
         Simulator {
             shared: Arc::new(Shared {
+                webhook: Mutex::new(config.webhook.clone()),
+                sender_started: std::sync::atomic::AtomicBool::new(false),
                 config,
                 data: Mutex::new(data),
                 faults: Mutex::new(Vec::new()),
@@ -269,9 +276,25 @@ impl Simulator {
             let _ = axum::serve(listener, router).await;
         });
         if self.shared.config.webhook.is_some() {
-            tokio::spawn(self.clone().send_webhooks());
+            self.start_sender();
         }
         Ok(local)
+    }
+
+    /// Posts webhooks to `url`, signed with `secret`, from now on (and starts
+    /// the sender if it is not running). The in-process simulator learns the
+    /// service's own address only after the service has bound its port.
+    /// Must be called inside a Tokio runtime.
+    pub fn set_webhook(&self, url: impl Into<String>, secret: Secret) {
+        *lock(&self.shared.webhook) = Some((url.into(), secret));
+        self.start_sender();
+    }
+
+    fn start_sender(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.shared.sender_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().send_webhooks());
+        }
     }
 
     pub fn inject(&self, fault: Fault) {
@@ -310,9 +333,6 @@ impl Simulator {
 
     /// Posts each finished call once, signed like ElevenLabs.
     async fn send_webhooks(self) {
-        let Some((url, secret)) = self.shared.config.webhook.clone() else {
-            return;
-        };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -320,6 +340,9 @@ impl Simulator {
         let tick = (self.shared.config.step / 2).max(Duration::from_millis(20));
         loop {
             tokio::time::sleep(tick).await;
+            let Some((url, secret)) = lock(&self.shared.webhook).clone() else {
+                continue;
+            };
             let events = self.pending_webhooks();
             for body in events {
                 let text = body.to_string();

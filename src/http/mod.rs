@@ -9,6 +9,7 @@ pub mod dnc;
 pub mod groups;
 pub mod ops;
 pub mod users;
+pub mod webhooks;
 
 use std::borrow::Cow;
 

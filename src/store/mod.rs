@@ -7,6 +7,7 @@
 
 mod common;
 pub mod models;
+pub mod outcome;
 pub mod postgres;
 pub mod sqlite;
 pub mod sync;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use models::*;
+pub use outcome::{OutcomeStore, WebhookApplied};
 
 /// What can go wrong in the store, by kind (never by constraint name: SQLite has none).
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service keeps. Both backends pass the same conformance suite
 /// (`tests/api/store.rs`).
 #[async_trait]
-pub trait Store: sync::SyncStore + Send + Sync + 'static {
+pub trait Store: OutcomeStore + sync::SyncStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip, for readiness checks.

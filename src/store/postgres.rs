@@ -6,12 +6,20 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::common::shared_store_impl;
+use super::outcome::outcome_store_impl;
 
-const PG_MIGRATIONS: &[Migration] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const PG_MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        4,
+        "webhooks",
+        include_str!("../../migrations/postgres/0004_webhooks.sql"),
+    ),
+];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
 const MIGRATION_LOCK: i64 = 0x6d61_7263_0001;
@@ -132,3 +140,4 @@ impl PgStore {
 
 shared_store_impl!(PgStore, Postgres, "postgres");
 super::sync::sync_store_impl!(PgStore, sqlx::Postgres);
+outcome_store_impl!(PgStore, Postgres);

@@ -7,12 +7,20 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::common::shared_store_impl;
+use super::outcome::outcome_store_impl;
 
-const SQLITE_MIGRATIONS: &[Migration] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        4,
+        "webhooks",
+        include_str!("../../migrations/sqlite/0004_webhooks.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -117,3 +125,4 @@ impl SqliteStore {
 
 shared_store_impl!(SqliteStore, Sqlite, "sqlite");
 super::sync::sync_store_impl!(SqliteStore, sqlx::Sqlite);
+outcome_store_impl!(SqliteStore, Sqlite);

@@ -268,7 +268,8 @@ pub trait SyncStore: Send + Sync {
         found: Option<(&str, &BatchSnapshot)>,
     ) -> StoreResult<bool>;
 
-    /// Finished calls of a batch whose conversation was not read yet.
+    /// Finished calls of a batch whose conversation was not read yet (nor
+    /// brought by a webhook).
     async fn calls_needing_conversation(
         &self,
         batch_id: i64,
@@ -351,7 +352,7 @@ macro_rules! sync_store_impl {
 
             /// Clients whose call completed are `completed`.
             const COMPLETE_CLIENTS: &str = "UPDATE clients SET status = 'completed', updated_at = $2
-                WHERE status <> 'completed'
+                WHERE status NOT IN ('completed', 'cancelled')
                   AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1 AND status = 'completed')";
 
             #[async_trait::async_trait]
@@ -525,6 +526,7 @@ macro_rules! sync_store_impl {
                     let rows = sqlx::query(
                         "SELECT id, conversation_id FROM call_records
                          WHERE batch_id = $1 AND conversation_id IS NOT NULL AND conversation_fetched_at IS NULL
+                           AND transcript IS NULL
                            AND status IN ('completed', 'failed', 'voicemail', 'cancelled')
                          ORDER BY id LIMIT $2",
                     )

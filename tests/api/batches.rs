@@ -23,6 +23,7 @@ both_backends!(
     a_timed_out_submit_is_found_by_name_or_given_up,
     the_stream_reports_progress_and_the_end,
     the_worker_runs_in_the_background,
+    calls_told_by_webhook_are_not_read_again,
 );
 
 /// Last digits: 1 and 2 complete, 8 goes to voicemail, 9 fails (simulator rules).
@@ -218,6 +219,40 @@ async fn the_sync_follows_a_batch_from_submit_to_outcome(backend: Backend) {
             .scalar("SELECT COUNT(*) FROM call_records WHERE status IN ('completed', 'voicemail') AND conversation_id IS NOT NULL AND started_at IS NOT NULL AND ended_at IS NOT NULL")
             .await,
         3
+    );
+    // Each finished call's conversation was read once: outcome, summary, analysis.
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records WHERE status = 'completed' AND duration_secs > 0 AND call_successful IN ('success', 'failure') AND transcript_summary IS NOT NULL AND data_collection IS NOT NULL AND evaluation IS NOT NULL AND transcript IS NOT NULL AND conversation_fetched_at IS NOT NULL")
+            .await,
+        2
+    );
+    // Even digit: success; odd: failure (simulator rules).
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records WHERE phone_e164 = '+573138539152' AND call_successful = 'success'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records WHERE phone_e164 = '+573138539158' AND status = 'voicemail'")
+            .await,
+        1,
+        "the batch's own status is kept"
+    );
+    let conversation_reads = sim(&app)
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/v1/convai/conversations/"))
+        .count();
+    let placed = app
+        .db
+        .scalar("SELECT COUNT(*) FROM call_records WHERE conversation_id IS NOT NULL AND status IN ('completed', 'failed', 'voicemail')")
+        .await;
+    assert_eq!(
+        conversation_reads as i64, placed,
+        "one read per finished call"
     );
     // Clients follow their calls; the group's summary follows its batch.
     assert_eq!(
@@ -811,5 +846,43 @@ async fn the_worker_runs_in_the_background(backend: Backend) {
             .scalar("SELECT COUNT(*) FROM call_records WHERE status IN ('completed', 'failed', 'voicemail')")
             .await,
         4
+    );
+}
+
+async fn calls_told_by_webhook_are_not_read_again(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.simulator_step_ms = 40;
+        c.simulator_webhooks = true;
+    })
+    .await;
+    let (_, _, _, batch) = launched(&app).await;
+    // The simulator's webhooks fill the calls first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app
+        .db
+        .scalar("SELECT COUNT(*) FROM call_records WHERE transcript IS NOT NULL OR failure_reason IS NOT NULL")
+        .await
+        < 4
+    {
+        assert!(Instant::now() < deadline, "webhooks never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sim = sim(&app);
+    sim.clear_requests();
+    let worker = SyncWorker::with_owner(&app.state, "w");
+    sync_until_final(&app, &worker, &batch).await;
+    let reads: Vec<String> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v1/convai/conversations/"))
+        .map(|r| r.path)
+        .collect();
+    // Only the failed call (no transcript in its webhook) may be read.
+    assert!(reads.len() <= 1, "{reads:?}");
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records WHERE status = 'completed' AND call_successful IS NOT NULL")
+            .await,
+        2
     );
 }

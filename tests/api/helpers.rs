@@ -186,6 +186,10 @@ pub fn test_config(db: &TestDb) -> Config {
     config.simulator_capture = true;
     // Tests drive the sync themselves (`SyncWorker::tick`); one test runs the loop.
     config.sync_interval_secs = 0;
+    // Off unless a test turns it on: webhooks landing in the middle of other
+    // tests would change the call records they look at.
+    config.simulator_webhooks = false;
+    config.elevenlabs_webhook_secret = None;
     config
 }
 

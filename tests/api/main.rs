@@ -16,3 +16,4 @@ mod ops;
 mod simulator;
 mod store;
 mod users;
+mod webhooks;

@@ -1,0 +1,630 @@
+//! API.md §7: the ElevenLabs webhook, signed with HMAC, idempotent, filling
+//! the call records that a real launch created.
+
+use std::time::Duration;
+
+use marcador::config::Secret;
+use marcador::elevenlabs::outcome::CallOutcome;
+use marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA;
+use marcador::elevenlabs::webhook::sign;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+
+use crate::groups::{b64, group_id};
+use crate::helpers::{Backend, Reply, TestApp, TestDb, both_backends, spawn_app, spawn_app_with};
+
+both_backends!(
+    a_signed_transcription_fills_the_call_record_and_completes_the_client,
+    a_foreign_recipient_id_is_matched_by_batch_and_number,
+    the_alias_path_needs_no_token_either,
+    a_bad_signature_is_refused_and_nothing_is_written,
+    a_missing_signature_is_refused,
+    a_signature_older_than_thirty_minutes_is_refused,
+    a_future_timestamp_is_accepted,
+    the_same_event_twice_changes_nothing,
+    unknown_types_and_audio_are_accepted_and_ignored,
+    an_initiation_failure_marks_the_call_failed_with_its_reason,
+    an_event_for_an_unknown_call_is_accepted_and_writes_nothing,
+    without_a_secret_the_webhook_is_unavailable,
+    malformed_json_with_a_valid_signature_is_a_bad_request,
+    stored_outcomes_never_move_a_final_status_back_or_erase_known_values,
+    the_in_process_simulator_fills_the_records_by_itself,
+);
+
+const SECRET: &str = "wsec_integration_test_secret_0123456789";
+const PATH: &str = "/api/webhooks/elevenlabs";
+
+/// Last digits 0, 1, 8, 9: the simulator completes the first two (success,
+/// failure), leaves a voicemail on the third and gets a busy line on the last.
+const CSV: &str = "nombre,telefono,monto\nAna,3138539150,150000\nLuis,3138539151,2000\nMaría,3138539158,99\nPedro,3138539159,10\n";
+const ANA: &str = "+573138539150";
+const LUIS: &str = "+573138539151";
+
+async fn app_with_secret(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |c| {
+        c.elevenlabs_webhook_secret = Some(Secret::new(SECRET));
+    })
+    .await
+}
+
+/// Launches a real batch for a four-client group; returns ElevenLabs' batch id.
+async fn launch(app: &TestApp) -> String {
+    let (token, admin_id) = app.admin().await;
+    let group = group_id(
+        app,
+        &token,
+        json!({"name": "Cobranza", "agentId": SIM_AGENT_COBRANZA, "variables": {"monto": "0"},
+               "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await;
+    let reply = app
+        .post(
+            &format!("/api/groups/{group}/call"),
+            Some(&token),
+            json!({"userId": admin_id}),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    reply.body["data"]["batchId"]
+        .as_str()
+        .expect("batch id")
+        .to_owned()
+}
+
+async fn client_id(app: &TestApp, phone: &str) -> i64 {
+    app.db
+        .scalar(&format!(
+            "SELECT id FROM clients WHERE phone_e164 = '{phone}'"
+        ))
+        .await
+}
+
+/// A GET-conversation object for a completed call, as ElevenLabs sends it.
+fn conversation(batch: &str, recipient_id: &str, phone: &str, conversation_id: &str) -> Value {
+    json!({
+        "agent_id": SIM_AGENT_COBRANZA,
+        "conversation_id": conversation_id,
+        "status": "done",
+        "transcript": [
+            {"role": "agent", "message": "Hola Ana, le llamamos por su saldo.", "time_in_call_secs": 0},
+            {"role": "user", "message": "Sí, pago el viernes.", "time_in_call_secs": 6}
+        ],
+        "metadata": {
+            "start_time_unix_secs": 1_760_000_000, "call_duration_secs": 44,
+            "termination_reason": "Client disconnected: 1000",
+            "batch_call": {"batch_call_id": batch, "batch_call_recipient_id": recipient_id},
+            "phone_call": {"type": "twilio", "direction": "outbound", "external_number": phone}
+        },
+        "analysis": {
+            "call_successful": "success",
+            "transcript_summary": "Ana se compromete a pagar el viernes.",
+            "evaluation_criteria_results": {"compromiso_pago": {"criteria_id": "compromiso_pago",
+                "result": "success", "rationale": "Lo dijo."}},
+            "data_collection_results": {"fecha_pago": {"data_collection_id": "fecha_pago",
+                "value": "viernes", "rationale": "Mencionada."}}
+        },
+        "has_audio": true, "has_user_audio": true, "has_response_audio": true
+    })
+}
+
+fn event(event_type: &str, data: Value) -> String {
+    json!({"type": event_type, "event_timestamp": chrono::Utc::now().timestamp(), "data": data})
+        .to_string()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn post_hook(app: &TestApp, path: &str, body: &str, signature: Option<String>) -> Reply {
+    let mut request = app
+        .client
+        .request(Method::POST, app.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(signature) = signature {
+        request = request.header("ElevenLabs-Signature", signature);
+    }
+    app.send(request).await
+}
+
+async fn post_signed(app: &TestApp, body: &str) -> Reply {
+    post_hook(app, PATH, body, Some(sign(SECRET, now(), body.as_bytes()))).await
+}
+
+/// One call record (and its client's status), every column as text.
+#[derive(Debug, Clone, PartialEq)]
+struct CallRow {
+    status: Option<String>,
+    conversation_id: Option<String>,
+    duration_secs: Option<String>,
+    call_successful: Option<String>,
+    transcript_summary: Option<String>,
+    termination_reason: Option<String>,
+    data_collection: Option<Value>,
+    evaluation: Option<Value>,
+    transcript: Option<Value>,
+    failure_reason: Option<String>,
+    started_at: Option<String>,
+    updated_at: Option<String>,
+    client_status: Option<String>,
+}
+
+const ROW_SQL: &str = "SELECT r.status, r.conversation_id, CAST(r.duration_secs AS TEXT), r.call_successful,
+    r.transcript_summary, r.termination_reason, CAST(r.data_collection AS TEXT), CAST(r.evaluation AS TEXT),
+    CAST(r.transcript AS TEXT), r.failure_reason, CAST(r.started_at AS TEXT), CAST(r.updated_at AS TEXT), c.status
+    FROM call_records r LEFT JOIN clients c ON c.id = r.client_id";
+
+fn texts<R: Row>(row: &R) -> Vec<Option<String>>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    (0..row.len())
+        .map(|i| row.try_get::<Option<String>, _>(i).expect("text column"))
+        .collect()
+}
+
+async fn rows(db: &TestDb, sql: &str) -> Vec<Vec<Option<String>>> {
+    if db.url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url)
+            .await
+            .expect("sqlite");
+        let found = sqlx::query(sql).fetch_all(&mut conn).await.expect(sql);
+        found.iter().map(texts).collect()
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&db.url)
+            .await
+            .expect("postgres");
+        let found = sqlx::query(sql).fetch_all(&mut conn).await.expect(sql);
+        found.iter().map(texts).collect()
+    }
+}
+
+fn json_text(text: &Option<String>) -> Option<Value> {
+    text.as_deref()
+        .map(|t| serde_json::from_str(t).expect("stored JSON"))
+}
+
+async fn call_row(app: &TestApp, phone: &str) -> CallRow {
+    let found = rows(
+        &app.db,
+        &format!("{ROW_SQL} WHERE r.phone_e164 = '{phone}' ORDER BY r.id"),
+    )
+    .await;
+    assert_eq!(found.len(), 1, "one call record for the number");
+    let r = &found[0];
+    CallRow {
+        status: r[0].clone(),
+        conversation_id: r[1].clone(),
+        duration_secs: r[2].clone(),
+        call_successful: r[3].clone(),
+        transcript_summary: r[4].clone(),
+        termination_reason: r[5].clone(),
+        data_collection: json_text(&r[6]),
+        evaluation: json_text(&r[7]),
+        transcript: json_text(&r[8]),
+        failure_reason: r[9].clone(),
+        started_at: r[10].clone(),
+        updated_at: r[11].clone(),
+        client_status: r[12].clone(),
+    }
+}
+
+/// Everything a webhook could touch, for "nothing changed" checks.
+async fn snapshot(app: &TestApp) -> Vec<Vec<Option<String>>> {
+    let mut all = rows(&app.db, &format!("{ROW_SQL} ORDER BY r.id")).await;
+    all.extend(
+        rows(
+            &app.db,
+            "SELECT CAST(id AS TEXT), status, CAST(updated_at AS TEXT) FROM clients ORDER BY id",
+        )
+        .await,
+    );
+    all.extend(
+        rows(
+            &app.db,
+            "SELECT event_key, event_type FROM webhook_events ORDER BY id",
+        )
+        .await,
+    );
+    all
+}
+
+async fn webhook_events(app: &TestApp) -> i64 {
+    app.db.scalar("SELECT COUNT(*) FROM webhook_events").await
+}
+
+fn assert_pending(row: &CallRow) {
+    assert_eq!(row.status.as_deref(), Some("pending"));
+    assert_eq!(row.conversation_id, None);
+    assert_eq!(row.client_status.as_deref(), Some("pending"));
+}
+
+async fn a_signed_transcription_fills_the_call_record_and_completes_the_client(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_ana_1"),
+    );
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["type"], "post_call_transcription");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    assert!(reply.body["data"]["callId"].as_i64().is_some());
+
+    let row = call_row(&app, ANA).await;
+    assert_eq!(row.status.as_deref(), Some("completed"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv_ana_1"));
+    assert_eq!(row.duration_secs.as_deref(), Some("44"));
+    assert_eq!(row.call_successful.as_deref(), Some("success"));
+    assert_eq!(
+        row.transcript_summary.as_deref(),
+        Some("Ana se compromete a pagar el viernes.")
+    );
+    assert_eq!(
+        row.termination_reason.as_deref(),
+        Some("Client disconnected: 1000")
+    );
+    assert_eq!(row.data_collection, Some(json!({"fecha_pago": "viernes"})));
+    assert_eq!(
+        row.evaluation,
+        Some(json!({"compromiso_pago": {"result": "success", "rationale": "Lo dijo."}}))
+    );
+    assert_eq!(
+        row.transcript
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2)
+    );
+    assert!(row.started_at.is_some());
+    assert_eq!(row.client_status.as_deref(), Some("completed"));
+    // The other recipients are untouched.
+    assert_pending(&call_row(&app, LUIS).await);
+    assert_eq!(webhook_events(&app).await, 1);
+}
+
+async fn a_foreign_recipient_id_is_matched_by_batch_and_number(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, "rcp_elevenlabs_own_id", LUIS, "conv_luis_1"),
+    );
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    let row = call_row(&app, LUIS).await;
+    assert_eq!(row.status.as_deref(), Some("completed"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv_luis_1"));
+    assert_pending(&call_row(&app, ANA).await);
+}
+
+async fn the_alias_path_needs_no_token_either(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_alias"),
+    );
+    let reply = post_hook(
+        &app,
+        "/api/webhook/elevenlabs/conversation-complete",
+        &body,
+        Some(sign(SECRET, now(), body.as_bytes())),
+    )
+    .await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(
+        call_row(&app, ANA).await.conversation_id.as_deref(),
+        Some("conv_alias")
+    );
+}
+
+async fn a_bad_signature_is_refused_and_nothing_is_written(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let before = snapshot(&app).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_x"),
+    );
+    for signature in [
+        sign("wsec_some_other_secret", now(), body.as_bytes()),
+        sign(SECRET, now(), b"{\"type\":\"post_call_transcription\"}"),
+        format!("t={},v0=zz", now()),
+        "nonsense".to_owned(),
+    ] {
+        let reply = post_hook(&app, PATH, &body, Some(signature)).await;
+        reply.assert_error(401, "Firma del webhook inválida");
+        assert_eq!(reply.body["errorCode"], "INVALID_SIGNATURE");
+    }
+    assert_eq!(snapshot(&app).await, before);
+    assert_eq!(webhook_events(&app).await, 0);
+}
+
+async fn a_missing_signature_is_refused(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let before = snapshot(&app).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, "1", ANA, "conv_x"),
+    );
+    let reply = post_hook(&app, PATH, &body, None).await;
+    reply.assert_error(
+        401,
+        "Falta la firma del webhook (cabecera ElevenLabs-Signature)",
+    );
+    assert_eq!(reply.body["errorCode"], "MISSING_SIGNATURE");
+    assert_eq!(snapshot(&app).await, before);
+}
+
+async fn a_signature_older_than_thirty_minutes_is_refused(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let before = snapshot(&app).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_old"),
+    );
+    let old = now() - 31 * 60;
+    let reply = post_hook(&app, PATH, &body, Some(sign(SECRET, old, body.as_bytes()))).await;
+    reply.assert_error(401, "La firma del webhook está vencida");
+    assert_eq!(reply.body["errorCode"], "EXPIRED_SIGNATURE");
+    assert_eq!(snapshot(&app).await, before);
+    // Within the tolerance it is fine.
+    let recent = now() - 29 * 60;
+    let reply = post_hook(
+        &app,
+        PATH,
+        &body,
+        Some(sign(SECRET, recent, body.as_bytes())),
+    )
+    .await;
+    reply.assert_ok(200, "Webhook recibido");
+}
+
+async fn a_future_timestamp_is_accepted(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_future"),
+    );
+    let future = now() + 3600;
+    let reply = post_hook(
+        &app,
+        PATH,
+        &body,
+        Some(sign(SECRET, future, body.as_bytes())),
+    )
+    .await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(
+        call_row(&app, ANA).await.status.as_deref(),
+        Some("completed")
+    );
+}
+
+async fn the_same_event_twice_changes_nothing(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let body = event(
+        "post_call_transcription",
+        conversation(&batch, &ana.to_string(), ANA, "conv_twice"),
+    );
+    post_signed(&app, &body)
+        .await
+        .assert_ok(200, "Webhook recibido");
+    let after_first = snapshot(&app).await;
+    // Redelivered, re-signed later, even with different content for the same conversation.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "duplicate");
+    let mut changed = conversation(&batch, &ana.to_string(), ANA, "conv_twice");
+    changed["analysis"]["transcript_summary"] = json!("Otro resumen");
+    let reply = post_signed(&app, &event("post_call_transcription", changed)).await;
+    assert_eq!(reply.body["data"]["result"], "duplicate");
+    assert_eq!(snapshot(&app).await, after_first);
+    assert_eq!(webhook_events(&app).await, 1);
+}
+
+async fn unknown_types_and_audio_are_accepted_and_ignored(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let before = snapshot(&app).await;
+    for body in [
+        event(
+            "post_call_audio",
+            json!({"agent_id": "a", "conversation_id": "conv_audio", "full_audio": "SUQz"}),
+        ),
+        event("something_new_from_elevenlabs", json!({"anything": [1, 2]})),
+        json!({"type": "no_data_at_all"}).to_string(),
+    ] {
+        let reply = post_signed(&app, &body).await;
+        reply.assert_ok(200, "Webhook recibido");
+        assert_eq!(reply.body["data"]["result"], "ignored");
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
+
+async fn an_initiation_failure_marks_the_call_failed_with_its_reason(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let luis = client_id(&app, LUIS).await;
+    // As ElevenLabs sends it: no batch id, only the conversation, the number
+    // dialled and the variables we sent (our client id among them).
+    let body = event(
+        "call_initiation_failure",
+        json!({"agent_id": SIM_AGENT_COBRANZA, "conversation_id": "conv_busy", "failure_reason": "busy",
+               "metadata": {"type": "sip", "body": {"from_number": "+576015550100", "to_number": LUIS,
+                   "sip_status_code": 486, "error_reason": "INVITE failed: sip status: 486: Busy here (SIP 486)",
+                   "call_sid": "d8e7f6a5", "sip_status": "Busy here"}},
+               "conversation_initiation_client_data": {"dynamic_variables": {"client_id": luis.to_string(), "name": "Luis"}}}),
+    );
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    let row = call_row(&app, LUIS).await;
+    assert_eq!(row.status.as_deref(), Some("failed"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv_busy"));
+    assert_eq!(
+        row.failure_reason.as_deref(),
+        Some("busy: INVITE failed: sip status: 486: Busy here (SIP 486)")
+    );
+    assert_eq!(row.client_status.as_deref(), Some("pending"));
+    assert_pending(&call_row(&app, ANA).await);
+}
+
+async fn an_event_for_an_unknown_call_is_accepted_and_writes_nothing(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let before = snapshot(&app).await;
+    let body = event(
+        "post_call_transcription",
+        conversation("btcal_not_ours", "999", "+15550001111", "conv_unknown"),
+    );
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "unknown_call");
+    assert_eq!(reply.body["data"]["callId"], Value::Null);
+    assert_eq!(snapshot(&app).await, before);
+}
+
+async fn without_a_secret_the_webhook_is_unavailable(backend: Backend) {
+    // The test configuration has no secret and the simulator's webhooks off.
+    let app = spawn_app(backend).await;
+    let body = event("post_call_audio", json!({"conversation_id": "c"}));
+    for path in [PATH, "/api/webhook/elevenlabs/conversation-complete"] {
+        let reply = post_hook(
+            &app,
+            path,
+            &body,
+            Some(sign(SECRET, now(), body.as_bytes())),
+        )
+        .await;
+        reply.assert_error(503, "El webhook de ElevenLabs no está configurado");
+        assert_eq!(reply.body["errorCode"], "WEBHOOK_NOT_CONFIGURED");
+    }
+}
+
+async fn malformed_json_with_a_valid_signature_is_a_bad_request(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let before = snapshot(&app).await;
+    let reply = post_signed(&app, "{\"type\": \"post_call_transcription\", ").await;
+    reply.assert_error(400, "JSON inválido en el cuerpo de la petición");
+    for body in [
+        json!({"data": {}}).to_string(),
+        json!([1, 2]).to_string(),
+        json!({"type": "post_call_transcription", "data": "x"}).to_string(),
+        json!({"type": "call_initiation_failure"}).to_string(),
+    ] {
+        post_signed(&app, &body)
+            .await
+            .assert_error(400, "Evento de webhook inválido");
+    }
+    assert_eq!(snapshot(&app).await, before);
+}
+
+async fn stored_outcomes_never_move_a_final_status_back_or_erase_known_values(backend: Backend) {
+    // The store API the background sync shares with the webhook.
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let done =
+        CallOutcome::from_conversation(&conversation(&batch, &ana.to_string(), ANA, "conv_s"));
+    let id = app.store().apply_call_outcome(&done).await.unwrap();
+    assert!(id.is_some());
+    let running = CallOutcome::from_conversation(&json!({
+        "conversation_id": "conv_s", "status": "in-progress", "transcript": [],
+        "metadata": {"start_time_unix_secs": 1_760_000_000, "call_duration_secs": 0}, "analysis": null
+    }));
+    assert_eq!(
+        app.store().apply_call_outcome(&running).await.unwrap(),
+        id,
+        "found by conversation id"
+    );
+    let row = call_row(&app, ANA).await;
+    assert_eq!(row.status.as_deref(), Some("completed"));
+    assert_eq!(row.duration_secs.as_deref(), Some("44"));
+    assert_eq!(
+        row.transcript_summary.as_deref(),
+        Some("Ana se compromete a pagar el viernes.")
+    );
+    assert_eq!(row.data_collection, Some(json!({"fecha_pago": "viernes"})));
+    assert_eq!(
+        app.store()
+            .apply_call_outcome(&CallOutcome::default())
+            .await
+            .unwrap(),
+        None
+    );
+    // The event log is separate: a key is recorded once.
+    assert!(app.store().record_webhook_event("k1", "t").await.unwrap());
+    assert!(!app.store().record_webhook_event("k1", "t").await.unwrap());
+}
+
+async fn the_in_process_simulator_fills_the_records_by_itself(backend: Backend) {
+    // No secret configured: the service makes one up and shares it with the
+    // simulator, which posts to this very server.
+    let app = spawn_app_with(backend, |c| {
+        c.simulator_webhooks = true;
+        c.simulator_step_ms = 25;
+    })
+    .await;
+    assert!(app.state.webhook_secret.is_some());
+    launch(&app).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let finished = app
+            .db
+            .scalar(
+                "SELECT COUNT(*) FROM call_records WHERE status IN ('completed', 'failed', 'voicemail')",
+            )
+            .await;
+        if finished == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {finished} of 4 calls finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ana = call_row(&app, ANA).await;
+    assert_eq!(ana.status.as_deref(), Some("completed"));
+    assert_eq!(ana.call_successful.as_deref(), Some("success"));
+    assert!(ana.conversation_id.is_some());
+    assert!(ana.duration_secs.is_some());
+    assert!(ana.transcript_summary.is_some());
+    assert_eq!(ana.client_status.as_deref(), Some("completed"));
+    let luis = call_row(&app, LUIS).await;
+    assert_eq!(luis.status.as_deref(), Some("completed"));
+    assert_eq!(luis.call_successful.as_deref(), Some("failure"));
+    let voicemail = call_row(&app, "+573138539158").await;
+    assert_eq!(voicemail.status.as_deref(), Some("voicemail"));
+    assert_eq!(voicemail.client_status.as_deref(), Some("contacted"));
+    let busy = call_row(&app, "+573138539159").await;
+    assert_eq!(busy.status.as_deref(), Some("failed"));
+    assert!(
+        busy.failure_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("busy")),
+        "{:?}",
+        busy.failure_reason
+    );
+    assert_eq!(busy.client_status.as_deref(), Some("pending"));
+    assert_eq!(webhook_events(&app).await, 4);
+}
