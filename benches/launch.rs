@@ -19,7 +19,11 @@ fn rows() -> usize {
 
 async fn run(backend: &str, csv: &[u8]) {
     // Slow simulated calls: the benchmark measures the launch, not the dialling.
-    let server = Server::start(backend, &[("SIMULATOR_STEP_MS", "600000")]).await;
+    let server = Server::start(
+        backend,
+        &[("SIMULATOR_STEP_MS", "600000"), ("SYNC_INTERVAL_SECS", "0")],
+    )
+    .await;
     let group = json!({
         "name": "bench launch",
         "agentId": marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA,

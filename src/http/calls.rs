@@ -470,6 +470,35 @@ fn submit_error(err: &ElevenLabsError) -> ApiError {
     }
 }
 
+type RecordTask = tokio::task::JoinHandle<(std::time::Instant, crate::store::StoreResult<i64>)>;
+
+/// Stores a submitted batch and its calls in the background.
+fn spawn_record(state: &AppState, record: NewBatch, calls: Vec<NewCallRecord>) -> RecordTask {
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        (started, store.record_batch(&record, &calls).await)
+    })
+}
+
+/// Waits for a batch to be stored. A batch ElevenLabs accepted but we could
+/// not store is a 500 that names every batch sent, so nobody relaunches blindly.
+async fn finish_record(task: RecordTask, batch_ids: &[String]) -> ApiResult<()> {
+    let failure = match task.await {
+        Ok((started, Ok(_))) => {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "launch: batch recorded"
+            );
+            return Ok(());
+        }
+        Ok((_, Err(err))) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    tracing::error!(error = %failure, batches = ?batch_ids, "launch: a submitted batch could not be stored");
+    Err(ApiError::internal(failure).with_data(json!({"batchIds": batch_ids})))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn submit(
     state: &AppState,
@@ -493,6 +522,7 @@ async fn submit(
         plan.total,
     );
     let mut remaining = plan.recipients.into_iter();
+    let mut recording: Option<RecordTask> = None;
     for index in 0..parts {
         // Moved, not copied: a launch may carry 200,000 sets of variables.
         let chunk: Vec<Recipient> = remaining.by_ref().take(MAX_RECIPIENTS_PER_BATCH).collect();
@@ -550,6 +580,7 @@ async fn submit(
         };
         let submitted_at = std::time::Instant::now();
         let outcome = state.elevenlabs.submit_batch(&request).await;
+        drop(request);
         tracing::debug!(
             part = index + 1,
             elapsed_ms = submitted_at.elapsed().as_millis() as u64,
@@ -562,13 +593,6 @@ async fn submit(
                 record.submit_state = "submitted";
                 record.created_at_unix = batch.created_at_unix;
                 record.raw = serde_json::to_value(&batch).unwrap_or(Value::Null);
-                let recorded_at = std::time::Instant::now();
-                state.store.record_batch(&record, &calls).await?;
-                tracing::debug!(
-                    part = index + 1,
-                    elapsed_ms = recorded_at.elapsed().as_millis() as u64,
-                    "launch: batch recorded"
-                );
                 metrics::counter!("batches_launched_total").increment(1);
                 metrics::counter!("calls_launched_total").increment(calls.len() as u64);
                 batch_ids.push(batch.id.clone());
@@ -577,8 +601,17 @@ async fn submit(
                     data["recipients"] = summary;
                     first_batch = Some(data);
                 }
+                // Recorded while the next part is prepared and submitted: one
+                // write in flight at a time, and all of them done before the answer.
+                let previous = recording.replace(spawn_record(state, record, calls));
+                if let Some(previous) = previous {
+                    finish_record(previous, &batch_ids).await?;
+                }
             }
             Err(err) => {
+                if let Some(previous) = recording.take() {
+                    finish_record(previous, &batch_ids).await?;
+                }
                 let mut api = submit_error(&err);
                 if matches!(err, ElevenLabsError::Timeout) {
                     // ElevenLabs may have created the batch: keep the attempt so the
@@ -594,6 +627,9 @@ async fn submit(
                 return Err(api);
             }
         }
+    }
+    if let Some(last) = recording.take() {
+        finish_record(last, &batch_ids).await?;
     }
     let batch_data = first_batch.unwrap_or(Value::Null);
     let (invalid_phone, do_not_call, duplicate, total) = excluded;

@@ -801,13 +801,16 @@ macro_rules! shared_store_impl {
             }
 
             async fn all_clients(&self, group_id: i64) -> StoreResult<Vec<Client>> {
-                let rows = sqlx::query(&format!(
+                let sql = format!(
                     "SELECT {CLIENT_COLUMNS} FROM clients WHERE group_id = $1 AND deleted_at IS NULL ORDER BY id"
-                ))
-                .bind(group_id)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(rows.iter().map(client_from_row).collect::<Result<Vec<_>, _>>()?)
+                );
+                // Row by row: a launch of 200,000 clients never holds the raw rows and the clients at once.
+                let mut rows = sqlx::query(&sql).bind(group_id).fetch(&self.pool);
+                let mut clients = Vec::new();
+                while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+                    clients.push(client_from_row(&row)?);
+                }
+                Ok(clients)
             }
 
             async fn set_group_phone_number(&self, group_id: i64, phone_number_id: &str) -> StoreResult<()> {
