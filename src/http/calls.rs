@@ -21,7 +21,7 @@ use crate::elevenlabs::ElevenLabsError;
 use crate::elevenlabs::types::{ClientData, OutboundRecipient, SubmitBatch};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthUser, PathIds};
-use crate::store::{Client, Group, IdempotencyClaim, NewBatch, NewCallRecord, User};
+use crate::store::{Group, IdempotencyClaim, LaunchClient, NewBatch, NewCallRecord, User};
 
 /// ElevenLabs' limit of recipients per batch.
 pub const MAX_RECIPIENTS_PER_BATCH: usize = 10_000;
@@ -205,7 +205,7 @@ async fn launch(
             _ => upstream_error(MSG_AGENT_CHECK, &e),
         })?;
     let started = std::time::Instant::now();
-    let clients = state.store.all_clients(group.id).await?;
+    let clients = state.store.launch_clients(group.id).await?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         clients = clients.len(),
@@ -351,7 +351,11 @@ fn looks_e164(phone: &str) -> bool {
 
 /// Who is called, with which variables: the group's defaults (scalars),
 /// overridden by the client's own columns, plus the built-ins.
-pub fn plan_recipients(group: &Group, clients: Vec<Client>, blocked: &HashSet<String>) -> Plan {
+pub fn plan_recipients(
+    group: &Group,
+    clients: Vec<LaunchClient>,
+    blocked: &HashSet<String>,
+) -> Plan {
     let defaults: Map<String, Value> = group
         .variables
         .iter()

@@ -800,15 +800,24 @@ macro_rules! shared_store_impl {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn all_clients(&self, group_id: i64) -> StoreResult<Vec<Client>> {
-                let sql = format!(
-                    "SELECT {CLIENT_COLUMNS} FROM clients WHERE group_id = $1 AND deleted_at IS NULL ORDER BY id"
-                );
+            async fn launch_clients(&self, group_id: i64) -> StoreResult<Vec<$crate::store::LaunchClient>> {
                 // Row by row: a launch of 200,000 clients never holds the raw rows and the clients at once.
-                let mut rows = sqlx::query(&sql).bind(group_id).fetch(&self.pool);
+                let mut rows = sqlx::query(
+                    "SELECT id, name, phone_e164, email, variables FROM clients
+                     WHERE group_id = $1 AND deleted_at IS NULL ORDER BY id",
+                )
+                .bind(group_id)
+                .fetch(&self.pool);
                 let mut clients = Vec::new();
                 while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                    clients.push(client_from_row(&row)?);
+                    let Json(variables): Json<JsonMap> = row.try_get("variables")?;
+                    clients.push($crate::store::LaunchClient {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                        phone_e164: row.try_get("phone_e164")?,
+                        email: row.try_get("email")?,
+                        variables,
+                    });
                 }
                 Ok(clients)
             }

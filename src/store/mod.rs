@@ -140,7 +140,8 @@ pub trait Store: OutcomeStore + sync::SyncStore + Send + Sync + 'static {
     /// Soft delete; `false` if absent.
     async fn delete_client(&self, group_id: i64, client_id: i64) -> StoreResult<bool>;
     /// Every live client of the group, in id order (for a launch).
-    async fn all_clients(&self, group_id: i64) -> StoreResult<Vec<Client>>;
+    /// Every live client of the group, as a launch needs them, in id order.
+    async fn launch_clients(&self, group_id: i64) -> StoreResult<Vec<LaunchClient>>;
     async fn set_group_phone_number(&self, group_id: i64, phone_number_id: &str)
     -> StoreResult<()>;
 

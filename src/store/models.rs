@@ -353,3 +353,14 @@ pub enum IdempotencyClaim {
     /// Another request with this key is still running.
     InFlight,
 }
+
+/// What a launch needs of a client, and nothing more (a launch reads the
+/// whole group, up to `MAX_CLIENTS_PER_GROUP` rows).
+#[derive(Debug, Clone)]
+pub struct LaunchClient {
+    pub id: i64,
+    pub name: Option<String>,
+    pub phone_e164: String,
+    pub email: Option<String>,
+    pub variables: serde_json::Map<String, serde_json::Value>,
+}
