@@ -252,7 +252,8 @@ impl SyncWorker {
         // Final once ElevenLabs says so and every finished call's conversation is kept.
         outcome.finalized = is_final_batch_status(&snapshot.status) && complete;
         // A batch scheduled for later is looked at again shortly before it starts.
-        let mut next = now + interval;
+        // Counted from the end of this sync, so one tick never takes a batch twice.
+        let mut next = Utc::now() + interval;
         if snapshot.status == "pending"
             && let Some(at) = snapshot
                 .scheduled_time_unix
@@ -277,7 +278,7 @@ impl SyncWorker {
         if pending.is_empty() {
             return Ok((0, true));
         }
-        let mut read = 0;
+        let mut outcomes = Vec::with_capacity(pending.len());
         let mut failed = false;
         let mut tasks = JoinSet::new();
         let mut queue = pending.into_iter();
@@ -306,14 +307,11 @@ impl SyncWorker {
                     let mut outcome = CallOutcome::from_conversation(&conversation);
                     // The batch's own recipient status stays the reference.
                     outcome.status = None;
-                    if outcome.conversation_id.is_some() {
-                        self.store.apply_call_outcome(&outcome).await?;
-                    }
-                    self.store.mark_conversation_fetched(record_id).await?;
-                    read += 1;
+                    outcomes.push((record_id, outcome));
                 }
+                // ElevenLabs does not have it: kept as read, with nothing to add.
                 Err(err) if err.status() == Some(404) => {
-                    self.store.mark_conversation_fetched(record_id).await?;
+                    outcomes.push((record_id, CallOutcome::default()));
                 }
                 Err(err) => {
                     tracing::warn!(batch = batch_id, error = %err, "sync: conversation not read");
@@ -323,6 +321,9 @@ impl SyncWorker {
                 }
             }
         }
+        // What was read is kept even when the rest failed.
+        let read = outcomes.len();
+        self.store.apply_conversation_outcomes(&outcomes).await?;
         metrics::counter!("sync_conversations_total").increment(read as u64);
         let left = !failed
             && self

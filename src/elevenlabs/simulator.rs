@@ -1085,8 +1085,22 @@ impl Simulator {
         let now = now_ms();
         let step = self.step_ms();
         let data = lock(&self.shared.data);
+        // `conv_<batch tail 12><attempt 4><index 12>` names its recipient: no scan.
+        let parsed = id
+            .strip_prefix("conv_")
+            .filter(|rest| rest.len() == 28 && rest.is_ascii())
+            .and_then(|rest| {
+                let index: usize = rest[16..].parse().ok()?;
+                Some((&rest[..12], index))
+            });
         for batch in &data.batches {
-            for r in &batch.recipients {
+            let Some((tail, index)) = parsed else {
+                break;
+            };
+            if !batch.id.ends_with(tail) {
+                continue;
+            }
+            if let Some(r) = batch.recipients.get(index) {
                 let status = recipient_status(r, now, step, batch.cancelled_at_ms);
                 let placed = !matches!(status, "pending" | "dispatched" | "cancelled");
                 if placed && r.conversation_id_for(&batch.id) == id {

@@ -59,6 +59,12 @@ pub trait OutcomeStore: Send + Sync {
         event_type: &str,
         outcome: &CallOutcome,
     ) -> StoreResult<WebhookApplied>;
+
+    /// Conversations the sync read: each outcome is merged into its call
+    /// record (known by id) like a webhook's, and the record is marked read;
+    /// all in one transaction (one commit for hundreds of calls).
+    async fn apply_conversation_outcomes(&self, outcomes: &[(i64, CallOutcome)])
+    -> StoreResult<()>;
 }
 
 macro_rules! outcome_store_impl {
@@ -252,6 +258,21 @@ macro_rules! outcome_store_impl {
                     merge(&mut tx, id, outcome).await?;
                     tx.commit().await?;
                     Ok(WebhookApplied::Applied(id))
+                }
+
+                async fn apply_conversation_outcomes(&self, outcomes: &[(i64, CallOutcome)]) -> StoreResult<()> {
+                    let now = chrono::Utc::now();
+                    let mut tx = self.begin_write().await?;
+                    for (id, outcome) in outcomes {
+                        merge(&mut tx, *id, outcome).await?;
+                        sqlx::query("UPDATE call_records SET conversation_fetched_at = $2 WHERE id = $1")
+                            .bind(*id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
                 }
             }
         };

@@ -236,10 +236,11 @@ async fn webhook_events(app: &TestApp) -> i64 {
     app.db.scalar("SELECT COUNT(*) FROM webhook_events").await
 }
 
+/// A launched call nothing has happened to yet (its client was contacted by the launch).
 fn assert_pending(row: &CallRow) {
     assert_eq!(row.status.as_deref(), Some("pending"));
     assert_eq!(row.conversation_id, None);
-    assert_eq!(row.client_status.as_deref(), Some("pending"));
+    assert_eq!(row.client_status.as_deref(), Some("contacted"));
 }
 
 async fn a_signed_transcription_fills_the_call_record_and_completes_the_client(backend: Backend) {
@@ -483,7 +484,7 @@ async fn an_initiation_failure_marks_the_call_failed_with_its_reason(backend: Ba
         row.failure_reason.as_deref(),
         Some("busy: INVITE failed: sip status: 486: Busy here (SIP 486)")
     );
-    assert_eq!(row.client_status.as_deref(), Some("pending"));
+    assert_eq!(row.client_status.as_deref(), Some("contacted"));
     assert_pending(&call_row(&app, ANA).await);
 }
 
@@ -625,6 +626,7 @@ async fn the_in_process_simulator_fills_the_records_by_itself(backend: Backend) 
         "{:?}",
         busy.failure_reason
     );
-    assert_eq!(busy.client_status.as_deref(), Some("pending"));
+    // Everyone in a launched batch has been contacted, whatever the outcome.
+    assert_eq!(busy.client_status.as_deref(), Some("contacted"));
     assert_eq!(webhook_events(&app).await, 4);
 }
