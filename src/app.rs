@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::clients::router())
         .merge(http::agents::router())
         .merge(http::calls::router())
+        .merge(http::history::router())
         .merge(http::dnc::router())
         .merge(http::ops::router())
         .fallback(route_not_found)

@@ -41,6 +41,9 @@ use crate::http;
         http::agents::get_agent,
         http::agents::list_phone_numbers,
         http::calls::start_calls,
+        http::history::call_history,
+        http::history::call_stats,
+        http::history::get_conversation,
         http::dnc::list,
         http::dnc::add,
         http::dnc::remove,
@@ -58,6 +61,7 @@ use crate::http;
         (name = "clients", description = "Clientes de un grupo"),
         (name = "agents", description = "Agentes y números de ElevenLabs"),
         (name = "calls", description = "Iniciar llamadas (batch calls)"),
+        (name = "history", description = "Historial, estadísticas y conversaciones de las llamadas"),
         (name = "do-not-call", description = "Lista de números que nunca se llaman"),
         (name = "operations", description = "Salud, disponibilidad y métricas"),
     )

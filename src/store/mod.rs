@@ -6,6 +6,7 @@
 //! in the backend's own file.
 
 mod common;
+pub mod history;
 pub mod models;
 pub mod postgres;
 pub mod sqlite;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use history::HistoryStore;
 pub use models::*;
 
 /// What can go wrong in the store, by kind (never by constraint name: SQLite has none).
@@ -51,7 +53,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service keeps. Both backends pass the same conformance suite
 /// (`tests/api/store.rs`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: HistoryStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip, for readiness checks.

@@ -7,11 +7,18 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::common::shared_store_impl;
 
-const PG_MIGRATIONS: &[Migration] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const PG_MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        3,
+        "history",
+        include_str!("../../migrations/postgres/0003_history.sql"),
+    ),
+];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
 const MIGRATION_LOCK: i64 = 0x6d61_7263_0001;
@@ -89,3 +96,10 @@ impl PgStore {
 }
 
 shared_store_impl!(PgStore, Postgres, "postgres");
+super::history::history_store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    "to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')",
+    "SELECT DISTINCT jsonb_object_keys(variables) FROM clients WHERE group_id = $1 AND jsonb_typeof(variables) = 'object'",
+    "SELECT DISTINCT jsonb_object_keys(data_collection) FROM call_records WHERE group_id = $1 AND jsonb_typeof(data_collection) = 'object'"
+);

@@ -8,11 +8,18 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::common::shared_store_impl;
 
-const SQLITE_MIGRATIONS: &[Migration] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        3,
+        "history",
+        include_str!("../../migrations/sqlite/0003_history.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -89,3 +96,10 @@ impl SqliteStore {
 }
 
 shared_store_impl!(SqliteStore, Sqlite, "sqlite");
+super::history::history_store_impl!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "substr(r.created_at, 1, 13)",
+    "SELECT DISTINCT j.key FROM clients c, json_each(CASE WHEN json_valid(c.variables) AND json_type(c.variables) = 'object' THEN c.variables ELSE '{}' END) j WHERE c.group_id = $1",
+    "SELECT DISTINCT j.key FROM call_records r, json_each(CASE WHEN json_valid(r.data_collection) AND json_type(r.data_collection) = 'object' THEN r.data_collection ELSE '{}' END) j WHERE r.group_id = $1 AND r.data_collection IS NOT NULL"
+);
