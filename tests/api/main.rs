@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod errors;
 mod groups;
+mod history;
 mod ops;
 mod simulator;
 mod store;
