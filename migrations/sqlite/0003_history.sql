@@ -90,8 +90,12 @@ CREATE TRIGGER call_records_rollup_delete AFTER DELETE ON call_records BEGIN
     ON CONFLICT (group_id, client_id) DO UPDATE SET calls = calls - 1;
 END;
 
--- Pages of the history filtered by status, newest first (the rowid, i.e. id,
--- is the index's implicit last column, so ORDER BY created_at DESC, id DESC is
--- read straight from it); the latest started call for lastCallAt.
-CREATE INDEX IF NOT EXISTS call_records_group_status_created_idx ON call_records (group_id, status, created_at);
+-- History pages filtered by status or batch, newest first (the rowid, i.e. id,
+-- is every index's implicit last column, so ORDER BY created_at DESC, id DESC
+-- reads straight from (…, created_at)); covering indexes for a period's
+-- uniqueClientsReached and lastCallAt; the latest started call of the whole
+-- history for lastCallAt.
+CREATE INDEX IF NOT EXISTS call_records_group_status_created_idx ON call_records (group_id, status, created_at, client_id);
+CREATE INDEX IF NOT EXISTS call_records_batch_created_idx ON call_records (batch_id, created_at);
+CREATE INDEX IF NOT EXISTS call_records_group_created_started_idx ON call_records (group_id, created_at, started_at);
 CREATE INDEX IF NOT EXISTS call_records_group_started_idx ON call_records (group_id, started_at);

@@ -205,10 +205,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn store_conversation(&self, call_id: i64, fill: &ConversationFill) -> StoreResult<()>;
 }
 
-/// Appends the filter's conditions (on `r`, the call record, and `c`, its
-/// client) to a query that already has a `WHERE`.
+/// Appends the filter's conditions on `r`, the call record of group
+/// `$group_id`, to a query that already has a `WHERE`.
 macro_rules! push_history_filter {
-    ($qb:expr, $filter:expr) => {{
+    ($qb:expr, $filter:expr, $group_id:expr) => {{
         let f: &$crate::store::history::HistoryFilter = $filter;
         if let Some(status) = &f.status {
             $qb.push(" AND r.status = ").push_bind(status.clone());
@@ -233,23 +233,24 @@ macro_rules! push_history_filter {
         if let Some(until) = f.until {
             $qb.push(" AND r.created_at < ").push_bind(until);
         }
-        match (&f.name_pattern, &f.phone_pattern) {
-            (Some(name), Some(phone)) => {
-                $qb.push(" AND (lower(c.name) LIKE ")
-                    .push_bind(name.clone())
-                    .push(" ESCAPE '\\' OR r.phone_e164 LIKE ")
-                    .push_bind(phone.clone())
-                    .push(")");
-            }
-            (Some(name), None) => {
-                $qb.push(" AND lower(c.name) LIKE ")
+        // Searched among the group's clients first (a few ids), then their
+        // calls by client: never a LIKE over every call of the group.
+        if f.name_pattern.is_some() || f.phone_pattern.is_some() {
+            $qb.push(" AND r.client_id IN (SELECT sc.id FROM clients sc WHERE sc.group_id = ")
+                .push_bind($group_id)
+                .push(" AND (");
+            if let Some(name) = &f.name_pattern {
+                $qb.push("lower(sc.name) LIKE ")
                     .push_bind(name.clone())
                     .push(" ESCAPE '\\'");
             }
-            (None, Some(phone)) => {
-                $qb.push(" AND r.phone_e164 LIKE ").push_bind(phone.clone());
+            if let Some(phone) = &f.phone_pattern {
+                if f.name_pattern.is_some() {
+                    $qb.push(" OR ");
+                }
+                $qb.push("sc.phone_e164 LIKE ").push_bind(phone.clone());
             }
-            (None, None) => {}
+            $qb.push("))");
         }
     }};
 }
@@ -362,10 +363,10 @@ macro_rules! history_store_impl {
                         qb.build_query_scalar().fetch_one(&self.pool).await?
                     } else {
                         let mut qb = sqlx::QueryBuilder::<$db>::new(
-                            "SELECT COUNT(*) FROM call_records r LEFT JOIN clients c ON c.id = r.client_id WHERE r.group_id = ",
+                            "SELECT COUNT(*) FROM call_records r WHERE r.group_id = ",
                         );
                         qb.push_bind(group_id);
-                        push_history_filter!(qb, filter);
+                        push_history_filter!(qb, filter, group_id);
                         qb.build_query_scalar().fetch_one(&self.pool).await?
                     };
                     let offset = (page - 1).saturating_mul(limit);
@@ -377,11 +378,8 @@ macro_rules! history_store_impl {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
                         "SELECT {HISTORY_COLUMNS} FROM (SELECT r.id FROM call_records r"
                     ));
-                    if filter.name_pattern.is_some() {
-                        qb.push(" LEFT JOIN clients c ON c.id = r.client_id");
-                    }
                     qb.push(" WHERE r.group_id = ").push_bind(group_id);
-                    push_history_filter!(qb, filter);
+                    push_history_filter!(qb, filter, group_id);
                     qb.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
                         .push_bind(limit)
                         .push(" OFFSET ")
@@ -411,7 +409,7 @@ macro_rules! history_store_impl {
                          WHERE r.group_id = "
                     ));
                     qb.push_bind(group_id);
-                    push_history_filter!(qb, filter);
+                    push_history_filter!(qb, filter, group_id);
                     if let Some((created_at, id)) = after {
                         qb.push(" AND (r.created_at < ")
                             .push_bind(created_at)
@@ -505,10 +503,10 @@ macro_rules! history_store_impl {
                                     CAST(COUNT(*) AS BIGINT) AS calls,
                                     CAST(COALESCE(SUM(r.duration_secs), 0) AS BIGINT) AS duration_sum,
                                     CAST(COUNT(r.duration_secs) AS BIGINT) AS duration_calls
-                             FROM call_records r LEFT JOIN clients c ON c.id = r.client_id WHERE r.group_id = "
+                             FROM call_records r WHERE r.group_id = "
                         ));
                         qb.push_bind(group_id);
-                        push_history_filter!(qb, filter);
+                        push_history_filter!(qb, filter, group_id);
                         qb.push(" GROUP BY 1, 2, 3, 4");
                         qb.build().fetch_all(&self.pool).await?
                     };
@@ -529,39 +527,52 @@ macro_rules! history_store_impl {
                 }
 
                 async fn stats_extras(&self, group_id: i64, filter: &HistoryFilter) -> StoreResult<StatsExtras> {
-                    let mut batches = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted' AND group_id = ",
-                    );
-                    batches.push_bind(group_id);
-                    if let Some(from) = filter.from {
-                        batches.push(" AND created_at >= ").push_bind(from);
-                    }
-                    if let Some(until) = filter.until {
-                        batches.push(" AND created_at < ").push_bind(until);
-                    }
-                    let total_batch_calls: i64 = batches.build_query_scalar().fetch_one(&self.pool).await?;
+                    let period = HistoryFilter { from: filter.from, until: filter.until, ..HistoryFilter::default() };
                     let whole_history = filter.from.is_none() && filter.until.is_none();
-                    let unique_clients_reached: i64 = if whole_history {
-                        sqlx::query_scalar("SELECT COUNT(*) FROM call_reached_clients WHERE group_id = $1 AND calls > 0")
+                    let batches = async {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted' AND group_id = ",
+                        );
+                        qb.push_bind(group_id);
+                        if let Some(from) = period.from {
+                            qb.push(" AND created_at >= ").push_bind(from);
+                        }
+                        if let Some(until) = period.until {
+                            qb.push(" AND created_at < ").push_bind(until);
+                        }
+                        qb.build_query_scalar::<i64>().fetch_one(&self.pool).await
+                    };
+                    let unique = async {
+                        if whole_history {
+                            return sqlx::query_scalar::<_, i64>(
+                                "SELECT COUNT(*) FROM call_reached_clients WHERE group_id = $1 AND calls > 0",
+                            )
                             .bind(group_id)
                             .fetch_one(&self.pool)
-                            .await?
-                    } else {
+                            .await;
+                        }
+                        // An index-only scan of (group_id, status, created_at, client_id).
                         let mut qb = sqlx::QueryBuilder::<$db>::new(
                             "SELECT COUNT(DISTINCT r.client_id) FROM call_records r WHERE r.status = 'completed' AND r.group_id = ",
                         );
                         qb.push_bind(group_id);
-                        let period = HistoryFilter { from: filter.from, until: filter.until, ..HistoryFilter::default() };
-                        push_history_filter!(qb, &period);
-                        qb.build_query_scalar().fetch_one(&self.pool).await?
+                        push_history_filter!(qb, &period, group_id);
+                        qb.build_query_scalar::<i64>().fetch_one(&self.pool).await
                     };
-                    let mut last = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT MAX(r.started_at) FROM call_records r WHERE r.group_id = ",
-                    );
-                    last.push_bind(group_id);
-                    let period = HistoryFilter { from: filter.from, until: filter.until, ..HistoryFilter::default() };
-                    push_history_filter!(last, &period);
-                    let last_call_at: Option<DateTime<Utc>> = last.build_query_scalar().fetch_one(&self.pool).await?;
+                    let last = async {
+                        // Whole history: the end of the (group_id, started_at) index.
+                        // A period: COALESCE keeps the planner from walking that index
+                        // backwards past later calls, and reads (group_id, created_at, started_at).
+                        let column = if whole_history { "r.started_at" } else { "COALESCE(r.started_at, r.started_at)" };
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                            "SELECT MAX({column}) FROM call_records r WHERE r.group_id = "
+                        ));
+                        qb.push_bind(group_id);
+                        push_history_filter!(qb, &period, group_id);
+                        qb.build_query_scalar::<Option<DateTime<Utc>>>().fetch_one(&self.pool).await
+                    };
+                    let (total_batch_calls, unique_clients_reached, last_call_at) =
+                        tokio::try_join!(batches, unique, last)?;
                     Ok(StatsExtras { total_batch_calls, unique_clients_reached, last_call_at })
                 }
 
