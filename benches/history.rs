@@ -91,7 +91,12 @@ async fn seed(server: &Server, backend: &str, group: i64, batches: i64) -> f64 {
             sqlx::raw_sql(sql).execute(&mut conn).await.expect(sql);
         }
         // One statement each: VACUUM cannot run inside the implicit transaction of a multi-statement query.
-        for table in ["call_records", "call_stats_hourly", "batches", "call_reached_clients"] {
+        for table in [
+            "call_records",
+            "call_stats_hourly",
+            "batches",
+            "call_reached_clients",
+        ] {
             sqlx::raw_sql(&format!("VACUUM ANALYZE {table}"))
                 .execute(&mut conn)
                 .await
@@ -194,8 +199,14 @@ async fn run(backend: &str, batches: i64, requests: i64) {
             "call-stats, odd instants (raw path)",
             format!("{base}/call-stats?from=2026-01-10T00:00:01Z&to=2026-02-08T12:30:00Z"),
         ),
-        ("call-history page 1", format!("{base}/call-history?page=1&limit=20")),
-        ("call-history page 100", format!("{base}/call-history?page=100&limit=20")),
+        (
+            "call-history page 1",
+            format!("{base}/call-history?page=1&limit=20"),
+        ),
+        (
+            "call-history page 100",
+            format!("{base}/call-history?page=100&limit=20"),
+        ),
         (
             "call-history deep page (offset 500,000)",
             format!("{base}/call-history?page={deep}&limit=20"),
