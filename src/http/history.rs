@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -231,12 +232,11 @@ fn start_of_day(day: NaiveDate, tz: Tz) -> Option<DateTime<Utc>> {
     })
 }
 
+/// `from` (inclusive) and the exclusive end of the period.
+type Period = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// `from` (inclusive) and `to` (inclusive; returned as an exclusive bound).
-fn parse_period(
-    from: Option<String>,
-    to: Option<String>,
-    tz: Tz,
-) -> ApiResult<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+fn parse_period(from: Option<String>, to: Option<String>, tz: Tz) -> ApiResult<Period> {
     let from = match clean(from) {
         None => None,
         Some(text) => Some(
@@ -606,8 +606,6 @@ async fn export_csv(state: AppState, group: Group, filter: HistoryFilter) -> Api
     );
     Ok(response)
 }
-
-use futures_util::StreamExt;
 
 /// XLSX through rust_xlsxwriter's constant-memory mode (rows go to a temporary
 /// file as they are written); the finished file is streamed from disk.
