@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .merge(http::agents::router())
         .merge(http::calls::router())
         .merge(http::batches::router())
+        .merge(http::history::router())
         .merge(http::dnc::router())
         .merge(http::webhooks::router())
         .merge(http::ops::router())

@@ -161,6 +161,26 @@ impl Server {
         (status, value, start.elapsed().as_secs_f64())
     }
 
+    /// Gets a path; returns the status, the body's length and the seconds it took.
+    pub async fn get(&self, path: &str) -> (u16, usize, f64) {
+        let start = Instant::now();
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map(|b| b.len()).unwrap_or(0);
+        (status, body, start.elapsed().as_secs_f64())
+    }
+
+    /// The server's database, for seeding it directly.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
     /// The server's `VmHWM` in MB, one decimal.
     pub fn peak_rss_mb(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

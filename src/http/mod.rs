@@ -7,6 +7,7 @@ pub mod calls;
 pub mod clients;
 pub mod dnc;
 pub mod groups;
+pub mod history;
 pub mod ops;
 pub mod users;
 pub mod webhooks;

@@ -6,6 +6,7 @@
 //! in the backend's own file.
 
 mod common;
+pub mod history;
 pub mod models;
 pub mod outcome;
 pub mod postgres;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+pub use history::HistoryStore;
 pub use models::*;
 pub use outcome::{OutcomeStore, WebhookApplied};
 
@@ -54,7 +56,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service keeps. Both backends pass the same conformance suite
 /// (`tests/api/store.rs`).
 #[async_trait]
-pub trait Store: OutcomeStore + sync::SyncStore + Send + Sync + 'static {
+pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
     /// A cheap round trip, for readiness checks.

@@ -15,6 +15,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0001_init.sql"),
     ),
     (
+        3,
+        "history",
+        include_str!("../../migrations/postgres/0003_history.sql"),
+    ),
+    (
         4,
         "webhooks",
         include_str!("../../migrations/postgres/0004_webhooks.sql"),
@@ -141,3 +146,10 @@ impl PgStore {
 shared_store_impl!(PgStore, Postgres, "postgres");
 super::sync::sync_store_impl!(PgStore, sqlx::Postgres);
 outcome_store_impl!(PgStore, Postgres);
+super::history::history_store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    "to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')",
+    "SELECT DISTINCT jsonb_object_keys(variables) FROM clients WHERE group_id = $1 AND jsonb_typeof(variables) = 'object'",
+    "SELECT DISTINCT jsonb_object_keys(data_collection) FROM call_records WHERE group_id = $1 AND jsonb_typeof(data_collection) = 'object'"
+);

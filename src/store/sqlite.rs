@@ -16,6 +16,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/sqlite/0001_init.sql"),
     ),
     (
+        3,
+        "history",
+        include_str!("../../migrations/sqlite/0003_history.sql"),
+    ),
+    (
         4,
         "webhooks",
         include_str!("../../migrations/sqlite/0004_webhooks.sql"),
@@ -126,3 +131,10 @@ impl SqliteStore {
 shared_store_impl!(SqliteStore, Sqlite, "sqlite");
 super::sync::sync_store_impl!(SqliteStore, sqlx::Sqlite);
 outcome_store_impl!(SqliteStore, Sqlite);
+super::history::history_store_impl!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "substr(r.created_at, 1, 13)",
+    "SELECT DISTINCT j.key FROM clients c, json_each(CASE WHEN json_valid(c.variables) AND json_type(c.variables) = 'object' THEN c.variables ELSE '{}' END) j WHERE c.group_id = $1",
+    "SELECT DISTINCT j.key FROM call_records r, json_each(CASE WHEN json_valid(r.data_collection) AND json_type(r.data_collection) = 'object' THEN r.data_collection ELSE '{}' END) j WHERE r.group_id = $1 AND r.data_collection IS NOT NULL"
+);

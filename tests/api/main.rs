@@ -12,6 +12,7 @@ mod cli;
 mod clients;
 mod errors;
 mod groups;
+mod history;
 mod ops;
 mod simulator;
 mod store;
