@@ -33,6 +33,7 @@ async fn run(backend: &str, csv: &[u8]) {
     let (status, reply, _) = server.post("/api/groups", &group).await;
     assert_eq!(status, 201, "{reply}");
     let id = reply["data"]["id"].as_i64().unwrap();
+    server.settle();
     // A fresh process: the peak RSS below is the launch's, not the import's.
     let server = server.restart().await;
     let (status, reply, seconds) = server

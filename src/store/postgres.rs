@@ -24,6 +24,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "webhooks",
         include_str!("../../migrations/postgres/0004_webhooks.sql"),
     ),
+    (
+        5,
+        "indexes",
+        include_str!("../../migrations/postgres/0005_indexes.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.

@@ -25,6 +25,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         "webhooks",
         include_str!("../../migrations/sqlite/0004_webhooks.sql"),
     ),
+    (
+        5,
+        "indexes",
+        include_str!("../../migrations/sqlite/0005_indexes.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
