@@ -287,6 +287,36 @@ macro_rules! push_rollup_filter {
 }
 pub(crate) use push_rollup_filter;
 
+/// From this offset on, a history page is sought through the hourly rollup.
+pub(crate) const SEEK_MIN_OFFSET: i64 = 1_000;
+
+/// `hours`: the rollup's `(hour key, calls)` newest first. Returns the end of
+/// the hour the `offset`th call falls in (`created_at < end`) and the offset
+/// left within it; `(None, offset)` when nothing can be skipped.
+pub(crate) fn seek_hour(hours: &[(String, i64)], offset: i64) -> (Option<DateTime<Utc>>, i64) {
+    let mut skipped = 0i64;
+    for (hour, calls) in hours {
+        if skipped + calls > offset {
+            if skipped == 0 {
+                break;
+            }
+            let start = chrono::NaiveDateTime::parse_from_str(
+                &format!("{hour}:00:00"),
+                "%Y-%m-%dT%H:%M:%S",
+            );
+            return match start {
+                Ok(start) => (
+                    Some(start.and_utc() + chrono::Duration::hours(1)),
+                    offset - skipped,
+                ),
+                Err(_) => (None, offset),
+            };
+        }
+        skipped += calls;
+    }
+    (None, offset)
+}
+
 pub(crate) const HISTORY_COLUMNS: &str = "r.id, b.elevenlabs_batch_id, r.client_id, c.name AS client_name,
     r.phone_e164, r.status, r.conversation_id, r.duration_secs, r.call_successful, r.transcript_summary,
     r.started_at, r.created_at, r.updated_at";
@@ -303,8 +333,8 @@ macro_rules! history_store_impl {
             use sqlx::types::Json;
             use $crate::store::history::{
                 BatchSummaryRow, CallHistoryRow, ConversationFill, ConversationRecord,
-                HISTORY_COLUMNS, HistoryFilter, HistoryStore, StatsBucket, StatsExtras,
-                push_history_filter, push_rollup_filter,
+                HISTORY_COLUMNS, HistoryFilter, HistoryStore, SEEK_MIN_OFFSET, StatsBucket,
+                StatsExtras, push_history_filter, push_rollup_filter, seek_hour,
             };
             use $crate::store::{Scope, StoreResult};
 
@@ -373,6 +403,20 @@ macro_rules! history_store_impl {
                     if total == 0 || offset >= total {
                         return Ok((Vec::new(), total));
                     }
+                    // A deep page starts from the hour it falls in: the rollup counts
+                    // the newer hours, so the index walk skips at most one hour's calls.
+                    let (before, offset) = if filter.countable_from_rollup() && offset >= SEEK_MIN_OFFSET {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT s.hour, CAST(SUM(s.calls) AS BIGINT) FROM call_stats_hourly s WHERE s.group_id = ",
+                        );
+                        qb.push_bind(group_id);
+                        push_rollup_filter!(qb, filter);
+                        qb.push(" GROUP BY s.hour ORDER BY s.hour DESC");
+                        let hours: Vec<(String, i64)> = qb.build_query_as().fetch_all(&self.pool).await?;
+                        seek_hour(&hours, offset)
+                    } else {
+                        (None, offset)
+                    };
                     // The page's ids first (read in order from an index, the skipped
                     // rows never leave it), then only those rows in full.
                     let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
@@ -380,6 +424,9 @@ macro_rules! history_store_impl {
                     ));
                     qb.push(" WHERE r.group_id = ").push_bind(group_id);
                     push_history_filter!(qb, filter, group_id);
+                    if let Some(before) = before {
+                        qb.push(" AND r.created_at < ").push_bind(before);
+                    }
                     qb.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
                         .push_bind(limit)
                         .push(" OFFSET ")
@@ -663,3 +710,43 @@ macro_rules! history_store_impl {
     };
 }
 pub(crate) use history_store_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::seek_hour;
+    use chrono::{TimeZone, Utc};
+
+    fn hours() -> Vec<(String, i64)> {
+        vec![
+            ("2026-03-02T10".into(), 100),
+            ("2026-03-02T09".into(), 0),
+            ("2026-03-01T23".into(), 50),
+            ("2026-02-28T00".into(), 7),
+        ]
+    }
+
+    #[test]
+    fn offsets_in_the_newest_hour_skip_nothing() {
+        assert_eq!(seek_hour(&hours(), 0), (None, 0));
+        assert_eq!(seek_hour(&hours(), 99), (None, 99));
+    }
+
+    #[test]
+    fn deeper_offsets_start_at_the_end_of_their_hour() {
+        let end = |d, h| Some(Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0).unwrap());
+        // 100 newer calls skipped; the empty hour in between changes nothing.
+        assert_eq!(seek_hour(&hours(), 100), (end(2, 0), 0));
+        assert_eq!(seek_hour(&hours(), 149), (end(2, 0), 49));
+        assert_eq!(
+            seek_hour(&hours(), 150),
+            (Some(Utc.with_ymd_and_hms(2026, 2, 28, 1, 0, 0).unwrap()), 0)
+        );
+    }
+
+    #[test]
+    fn past_the_end_or_unreadable_keys_fall_back_to_the_plain_offset() {
+        assert_eq!(seek_hour(&hours(), 157), (None, 157));
+        let bad = vec![("x".to_string(), 1), ("nonsense".to_string(), 5)];
+        assert_eq!(seek_hour(&bad, 3), (None, 3));
+    }
+}

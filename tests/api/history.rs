@@ -20,6 +20,7 @@ both_backends!(
     history_downloads_as_csv_with_bom_variables_and_data_collection,
     history_downloads_as_xlsx,
     csv_export_reads_every_chunk_of_a_large_history,
+    deep_history_pages_are_slices_of_the_whole_history,
     stats_give_exact_figures_computed_in_sql,
     stats_for_a_period_agree_between_rollup_and_raw_paths,
     stats_of_a_group_never_called_are_zero,
@@ -481,16 +482,15 @@ async fn history_downloads_as_xlsx(backend: Backend) {
     assert_eq!(sofia[3], "Sofía");
 }
 
-async fn csv_export_reads_every_chunk_of_a_large_history(backend: Backend) {
-    let app = spawn_app(backend).await;
-    let (token, admin) = app.admin().await;
+/// A group of `size` clients, all called in one launch.
+async fn large_launched_group(app: &TestApp, token: &str, admin: i64, size: usize) -> i64 {
     let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..4_500 {
+    for i in 0..size {
         csv.push_str(&format!("Cliente {i},31{}{:07},{i}\n", i % 6, i));
     }
     let group = group_id(
-        &app,
-        &token,
+        app,
+        token,
         json!({"name": "Grande", "agentId": SIM_AGENT_COBRANZA,
                "base64": b64(csv.as_bytes()), "document_name": "c.csv"}),
     )
@@ -498,11 +498,18 @@ async fn csv_export_reads_every_chunk_of_a_large_history(backend: Backend) {
     let reply = app
         .post(
             &format!("/api/groups/{group}/call"),
-            Some(&token),
+            Some(token),
             json!({"userId": admin}),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+    group
+}
+
+async fn csv_export_reads_every_chunk_of_a_large_history(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin) = app.admin().await;
+    let group = large_launched_group(&app, &token, admin, 4_500).await;
     // Several creation instants, so that chunks end inside runs of equal created_at.
     app.db
         .execute(
@@ -535,6 +542,62 @@ async fn csv_export_reads_every_chunk_of_a_large_history(backend: Backend) {
     let page = history(&app, &token, group, "page=45&limit=100").await;
     assert_eq!(page.body["pagination"]["total"], 4_500);
     assert_eq!(page.body["data"]["calls"].as_array().unwrap().len(), 100);
+}
+
+/// Deep pages start from the hour the rollup says they fall in: every page,
+/// plain and filtered, must still be exactly its slice of the full history.
+async fn deep_history_pages_are_slices_of_the_whole_history(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin) = app.admin().await;
+    let group = large_launched_group(&app, &token, admin, 4_500).await;
+    // Calls spread over four hours (two instants in one of them), some failed.
+    app.db
+        .execute(
+            "UPDATE call_records SET created_at = CASE id % 5
+                WHEN 0 THEN '2025-11-02T15:00:00+00:00'
+                WHEN 1 THEN '2025-11-02T15:40:00+00:00'
+                WHEN 2 THEN '2025-11-01T08:00:00+00:00'
+                WHEN 3 THEN '2025-10-30T23:59:59+00:00'
+                ELSE created_at END",
+        )
+        .await;
+    app.db
+        .execute("UPDATE call_records SET status = 'failed' WHERE id % 7 = 0")
+        .await;
+    for filter in ["", "status=failed&", "from=2025-10-01&to=2025-11-02&"] {
+        let whole = download(
+            &app,
+            &token,
+            &format!("/api/groups/{group}/call-history?{filter}format=csv"),
+        )
+        .await;
+        assert_eq!(whole.status(), 200);
+        let expected: Vec<i64> = parse_csv(&whole.bytes().await.unwrap())
+            .iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect();
+        assert!(expected.len() > 500, "{filter}: {}", expected.len());
+        let mut paged = Vec::new();
+        for page in 1..=expected.len().div_ceil(200) {
+            let reply = history(
+                &app,
+                &token,
+                group,
+                &format!("{filter}page={page}&limit=200"),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            assert_eq!(reply.body["pagination"]["total"], expected.len());
+            paged.extend(
+                reply.body["data"]["calls"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["id"].as_i64().unwrap()),
+            );
+        }
+        assert_eq!(paged, expected, "{filter}");
+    }
 }
 
 async fn stats(app: &TestApp, token: &str, group: i64, query: &str) -> Reply {
