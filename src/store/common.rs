@@ -31,9 +31,11 @@ pub(crate) const GROUP_SELECT: &str = "SELECT g.id, g.name, g.description, g.pro
         (SELECT COUNT(*) FROM clients c WHERE c.group_id = g.id AND c.deleted_at IS NULL) AS clients_count,
         lb.id AS lb_id, lb.status AS lb_status, lb.is_final AS lb_final,
         lb.created_at AS lb_created_at, lb.updated_at AS lb_updated_at,
-        (SELECT COUNT(*) FROM call_records r WHERE r.batch_id = lb.id) AS lb_total,
-        (SELECT COUNT(*) FROM call_records r WHERE r.batch_id = lb.id AND r.status = 'completed') AS lb_completed,
-        (SELECT COUNT(*) FROM call_records r WHERE r.batch_id = lb.id AND r.status = 'failed') AS lb_failed
+        (SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM call_stats_hourly s WHERE s.batch_id = lb.id) AS lb_total,
+        (SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM call_stats_hourly s
+         WHERE s.batch_id = lb.id AND s.status = 'completed') AS lb_completed,
+        (SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM call_stats_hourly s
+         WHERE s.batch_id = lb.id AND s.status = 'failed') AS lb_failed
     FROM groups g
     LEFT JOIN batches lb ON lb.id = (SELECT b.id FROM batches b WHERE b.group_id = g.id AND b.submit_state = 'submitted'
                                      ORDER BY b.created_at DESC, b.id DESC LIMIT 1)";

@@ -626,6 +626,10 @@ macro_rules! history_store_impl {
                             "SELECT MAX({column}) FROM call_records r WHERE r.group_id = "
                         ));
                         qb.push_bind(group_id);
+                        if whole_history {
+                            // What lets SQLite read the partial index.
+                            qb.push(" AND r.started_at IS NOT NULL");
+                        }
                         push_history_filter!(qb, &period, group_id);
                         qb.build_query_scalar::<Option<DateTime<Utc>>>().fetch_one(&self.pool).await
                     };

@@ -29,6 +29,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "indexes",
         include_str!("../../migrations/postgres/0005_indexes.sql"),
     ),
+    (
+        6,
+        "launch_writes",
+        include_str!("../../migrations/postgres/0006_launch_writes.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.

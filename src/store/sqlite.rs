@@ -30,6 +30,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         "indexes",
         include_str!("../../migrations/sqlite/0005_indexes.sql"),
     ),
+    (
+        6,
+        "launch_writes",
+        include_str!("../../migrations/sqlite/0006_launch_writes.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

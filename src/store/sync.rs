@@ -613,7 +613,8 @@ macro_rules! sync_store_impl {
 
                 async fn batch_status_counts(&self, batch_id: i64) -> StoreResult<Vec<(String, i64)>> {
                     let rows = sqlx::query(
-                        "SELECT status, COUNT(*) AS n FROM call_records WHERE batch_id = $1 GROUP BY status ORDER BY status",
+                        "SELECT status, CAST(SUM(calls) AS BIGINT) AS n FROM call_stats_hourly WHERE batch_id = $1
+                         GROUP BY status HAVING SUM(calls) > 0 ORDER BY status",
                     )
                     .bind(batch_id)
                     .fetch_all(&self.pool)
