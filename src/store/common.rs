@@ -91,7 +91,7 @@ macro_rules! shared_store_impl {
         };
         use sqlx::types::Json;
         use sqlx::Row;
-        use $crate::store::common::{CLIENT_COLUMNS, GROUP_SELECT, INSERT_CHUNK};
+        use $crate::store::common::{CLIENT_COLUMNS, GROUP_SELECT};
         use $crate::store::{
             BatchCallStats, Client, ClientPatch, ClientQuery, DoNotCall, Group, GroupPatch, GroupQuery,
             IdempotencyClaim, NewBatch, NewCallRecord, NewClient, NewGroup, Renumber, Scope,
@@ -172,26 +172,8 @@ macro_rules! shared_store_impl {
         ) -> StoreResult<u64> {
             let now = chrono::Utc::now();
             let mut inserted = 0;
-            for chunk in clients.chunks(INSERT_CHUNK) {
-                let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "INSERT INTO clients (group_id, external_id, name, phone, phone_e164, email, address, category, status, variables, created_at, updated_at) ",
-                );
-                qb.push_values(chunk, |mut b, c| {
-                    b.push_bind(group_id)
-                        .push_bind(&c.external_id)
-                        .push_bind(&c.name)
-                        .push_bind(&c.phone)
-                        .push_bind(&c.phone_e164)
-                        .push_bind(&c.email)
-                        .push_bind(&c.address)
-                        .push_bind(&c.category)
-                        .push_bind("pending")
-                        .push_bind(Json(&c.variables))
-                        .push_bind(now)
-                        .push_bind(now);
-                });
-                qb.push(" ON CONFLICT (group_id, phone_e164) WHERE deleted_at IS NULL DO NOTHING");
-                inserted += qb.build().execute(&mut *conn).await?.rows_affected();
+            for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
+                inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
             }
             let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients WHERE group_id = $1 AND deleted_at IS NULL")
                 .bind(group_id)

@@ -79,6 +79,38 @@ impl SqliteStore {
     }
 
     /// Multi-row `INSERT`s of 1,000 rows (8,000 parameters, under SQLite's limit).
+    /// Clients per `INSERT` statement: 1,000 rows of 12 values stays under
+    /// SQLite's limit of 32,766 bound parameters.
+    const CLIENT_INSERT_CHUNK: usize = super::common::INSERT_CHUNK;
+
+    /// One multi-row `INSERT` that skips numbers already live in the group.
+    async fn insert_client_rows(
+        conn: &mut sqlx::SqliteConnection,
+        group_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        chunk: &[crate::store::NewClient],
+    ) -> Result<u64, sqlx::Error> {
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO clients (group_id, external_id, name, phone, phone_e164, email, address, category, status, variables, created_at, updated_at) ",
+        );
+        qb.push_values(chunk, |mut b, c| {
+            b.push_bind(group_id)
+                .push_bind(&c.external_id)
+                .push_bind(&c.name)
+                .push_bind(&c.phone)
+                .push_bind(&c.phone_e164)
+                .push_bind(&c.email)
+                .push_bind(&c.address)
+                .push_bind(&c.category)
+                .push_bind("pending")
+                .push_bind(sqlx::types::Json(&c.variables))
+                .push_bind(now)
+                .push_bind(now);
+        });
+        qb.push(" ON CONFLICT (group_id, phone_e164) WHERE deleted_at IS NULL DO NOTHING");
+        Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+    }
+
     async fn insert_call_records(
         tx: &mut Transaction<'_, Sqlite>,
         batch_id: i64,
