@@ -93,6 +93,18 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, message)
     }
 
+    /// The body this error is sent with, as JSON text (kept to replay it).
+    pub fn body_json(&self) -> String {
+        let body = ErrorBody {
+            success: false,
+            message: self.message.to_string(),
+            error: self.error.clone(),
+            error_code: self.error_code.map(str::to_owned),
+            data: self.data.clone(),
+        };
+        serde_json::to_string(&body).unwrap_or_default()
+    }
+
     /// A 500 whose cause is logged here, once, and never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

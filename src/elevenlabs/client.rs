@@ -30,6 +30,10 @@ pub enum ElevenLabsError {
     Timeout,
     #[error("ElevenLabs could not be reached: {0}")]
     Unreachable(String),
+    /// The connection failed after the request may have been sent: ElevenLabs
+    /// may have acted on it.
+    #[error("the connection to ElevenLabs broke: {0}")]
+    Interrupted(String),
     #[error("ElevenLabs answered something unreadable: {0}")]
     Decode(String),
 }
@@ -49,7 +53,7 @@ impl ElevenLabsError {
             ElevenLabsError::Status { status, .. } if *status >= 500 => "server_error",
             ElevenLabsError::Status { .. } => "client_error",
             ElevenLabsError::Timeout => "timeout",
-            ElevenLabsError::Unreachable(_) => "unreachable",
+            ElevenLabsError::Unreachable(_) | ElevenLabsError::Interrupted(_) => "unreachable",
             ElevenLabsError::Decode(_) => "decode_error",
         }
     }
@@ -176,7 +180,11 @@ impl ElevenLabs {
                     retry_after,
                     ..
                 }) if *status == 408 || *status == 429 || *status >= 500 => Some(*retry_after),
-                Err(ElevenLabsError::Timeout | ElevenLabsError::Unreachable(_)) => Some(None),
+                Err(
+                    ElevenLabsError::Timeout
+                    | ElevenLabsError::Unreachable(_)
+                    | ElevenLabsError::Interrupted(_),
+                ) => Some(None),
                 _ => None,
             };
             let label = match &outcome {
@@ -336,8 +344,10 @@ impl ElevenLabs {
 fn transport_error(err: reqwest::Error) -> ElevenLabsError {
     if err.is_timeout() {
         ElevenLabsError::Timeout
-    } else if err.is_connect() || err.is_request() {
+    } else if err.is_connect() {
         ElevenLabsError::Unreachable(err.without_url().to_string())
+    } else if err.is_request() {
+        ElevenLabsError::Interrupted(err.without_url().to_string())
     } else {
         ElevenLabsError::Decode(err.without_url().to_string())
     }

@@ -63,6 +63,9 @@ pub struct Fault {
     pub action: FaultAction,
     #[serde(default)]
     pub times: Option<u32>,
+    /// Let this many matching requests through first (fail part 2 of a launch).
+    #[serde(default)]
+    pub skip: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +95,7 @@ impl Fault {
                 retry_after: None,
             },
             times: None,
+            skip: None,
         }
     }
 
@@ -101,11 +105,17 @@ impl Fault {
             path_prefix: path_prefix.into(),
             action: FaultAction::Delay { ms },
             times: None,
+            skip: None,
         }
     }
 
     pub fn times(mut self, times: u32) -> Fault {
         self.times = Some(times);
+        self
+    }
+
+    pub fn after(mut self, skip: u32) -> Fault {
+        self.skip = Some(skip);
         self
     }
 }
@@ -725,7 +735,11 @@ async fn handle(
                     .as_deref()
                     .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
         });
-        found.map(|i| {
+        found.and_then(|i| {
+            if let Some(skip) = faults[i].skip.as_mut().filter(|n| **n > 0) {
+                *skip -= 1;
+                return None;
+            }
             let fault = faults[i].clone();
             match faults[i].times.as_mut() {
                 Some(1) => {
@@ -734,7 +748,7 @@ async fn handle(
                 Some(n) => *n -= 1,
                 None => {}
             }
-            fault.action
+            Some(fault.action)
         })
     };
     match fault {

@@ -58,11 +58,11 @@ pub fn upstream_error(message: &'static str, err: &ElevenLabsError) -> ApiError 
                 .with_error(format!("ElevenLabs respondió {status}"))
                 .with_code("ELEVENLABS_UNAVAILABLE")
         }
-        ElevenLabsError::Timeout | ElevenLabsError::Unreachable(_) => {
-            ApiError::new(StatusCode::BAD_GATEWAY, message)
-                .with_error(err.to_string())
-                .with_code("ELEVENLABS_UNAVAILABLE")
-        }
+        ElevenLabsError::Timeout
+        | ElevenLabsError::Unreachable(_)
+        | ElevenLabsError::Interrupted(_) => ApiError::new(StatusCode::BAD_GATEWAY, message)
+            .with_error(err.to_string())
+            .with_code("ELEVENLABS_UNAVAILABLE"),
         other => ApiError::new(StatusCode::BAD_GATEWAY, message).with_error(other.to_string()),
     }
 }

@@ -2,6 +2,7 @@
 //! run in the contract's order and nothing is submitted before all pass.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -41,6 +42,7 @@ const MSG_MISSING_VARS: &str = "Faltan variables requeridas en el mensaje del ag
 const MSG_NO_RECIPIENTS: &str =
     "No se encontraron clientes con números telefónicos válidos en el grupo";
 const MSG_DOUBLE: &str = "Ya se iniciaron llamadas para este grupo hace un momento";
+const MSG_UNVERIFIED: &str = "Un envío anterior de este grupo aún se está verificando con ElevenLabs (pudo haberse creado); se resolverá automáticamente en unos minutos.";
 const MSG_SUBMIT: &str = "Error iniciando las llamadas";
 const MSG_KEY_REUSED: &str = "La clave de idempotencia ya se usó con otra petición";
 const MSG_BAD_KEY: &str = "La clave de idempotencia debe tener entre 1 y 200 caracteres";
@@ -142,21 +144,65 @@ pub async fn start_calls(
         }
     }
 
-    let outcome = launch(&state, &caller, group_id, user_id, &request, key.as_deref()).await;
-    match (&key, &outcome) {
-        (Some(key), Ok(body)) => {
+    // The launch runs as a task of its own: a client that hangs up half-way
+    // through must not cut it between a submit and its record.
+    let task = tokio::spawn(async move {
+        let reached = AtomicBool::new(false);
+        let outcome = launch(
+            &state,
+            &caller,
+            group_id,
+            user_id,
+            &request,
+            key.as_deref(),
+            &reached,
+        )
+        .await;
+        if let Some(key) = &key {
+            settle_key(
+                &state,
+                caller.id,
+                key,
+                &outcome,
+                reached.load(Ordering::SeqCst),
+            )
+            .await;
+        }
+        outcome
+    });
+    let outcome = task.await.map_err(ApiError::internal)?;
+    outcome.map(|body| (StatusCode::OK, axum::Json(body)).into_response())
+}
+
+/// Keeps the launch's answer under its idempotency key, so that a retry gets
+/// the same answer and never launches again. Only a launch that certainly
+/// created nothing at ElevenLabs gives its key back for another try.
+async fn settle_key(
+    state: &AppState,
+    user_id: i64,
+    key: &str,
+    outcome: &ApiResult<Value>,
+    reached_elevenlabs: bool,
+) {
+    let stored = match outcome {
+        Ok(body) => {
             state
                 .store
-                .complete_idempotency_key(caller.id, key, 200, &body.to_string())
-                .await?;
+                .complete_idempotency_key(user_id, key, 200, &body.to_string())
+                .await
         }
-        (Some(key), Err(_)) => {
-            // A failed launch may be tried again with the same key.
-            state.store.release_idempotency_key(caller.id, key).await?;
+        Err(err) if reached_elevenlabs => {
+            state
+                .store
+                .complete_idempotency_key(user_id, key, err.status.as_u16(), &err.body_json())
+                .await
         }
-        _ => {}
+        Err(_) => state.store.release_idempotency_key(user_id, key).await,
+    };
+    if let Err(err) = stored {
+        // The key stays claimed: a retry is refused (409), never launched twice.
+        tracing::error!(error = %err, "launch: the idempotency key could not be settled");
     }
-    outcome.map(|body| (StatusCode::OK, axum::Json(body)).into_response())
 }
 
 /// Checks 2–10, then the submits. Returns the 200 body.
@@ -167,6 +213,7 @@ async fn launch(
     user_id: i64,
     request: &CallRequest,
     idempotency_key: Option<&str>,
+    reached: &AtomicBool,
 ) -> ApiResult<Value> {
     // 2–4: the group, its agent, its clients.
     let group = visible_group(state, caller, group_id).await?;
@@ -248,11 +295,20 @@ async fn launch(
         return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
     }
     let result = async {
-        if idempotency_key.is_none() {
-            let since = now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64);
-            if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
-                return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+        // Without a key, no launch within the window; with or without one, none
+        // while an earlier submit of the group is still being verified (it may
+        // have been created at ElevenLabs).
+        let since = match idempotency_key {
+            None => now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64),
+            Some(_) => now,
+        };
+        if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
+            let mut conflict =
+                ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier}));
+            if earlier.is_none() {
+                conflict = conflict.with_error(MSG_UNVERIFIED);
             }
+            return Err(conflict);
         }
         submit(
             state,
@@ -263,12 +319,30 @@ async fn launch(
             scheduled,
             plan,
             idempotency_key,
+            reached,
         )
         .await
     }
     .await;
-    state.store.unlock_launch(group.id).await?;
+    if let Err(err) = state.store.unlock_launch(group.id).await {
+        // The lock expires by itself; the launch's answer stands.
+        tracing::error!(error = %err, "launch: the group's launch lock could not be released");
+    }
     result
+}
+
+/// ElevenLabs may have created the batch although the submit failed: the
+/// request may have reached it. Only a refused connection or an answer that
+/// says it was not taken (4xx, 429, 500, 503) is certain.
+fn may_have_been_created(err: &ElevenLabsError) -> bool {
+    match err {
+        ElevenLabsError::Timeout | ElevenLabsError::Interrupted(_) | ElevenLabsError::Decode(_) => {
+            true
+        }
+        // Gateways: the request may have gone through behind them.
+        ElevenLabsError::Status { status, .. } => matches!(status, 502 | 504),
+        ElevenLabsError::Unreachable(_) => false,
+    }
 }
 
 fn check_schedule(value: Option<&Value>) -> ApiResult<Option<i64>> {
@@ -513,6 +587,7 @@ async fn submit(
     scheduled: Option<i64>,
     plan: Plan,
     idempotency_key: Option<&str>,
+    reached: &AtomicBool,
 ) -> ApiResult<Value> {
     let base_name = call_name(group, &state.config.default_timezone, Utc::now());
     let parts = plan.recipients.len().div_ceil(MAX_RECIPIENTS_PER_BATCH);
@@ -592,6 +667,7 @@ async fn submit(
         );
         match outcome {
             Ok(batch) => {
+                reached.store(true, Ordering::SeqCst);
                 record.elevenlabs_batch_id = Some(batch.id.clone());
                 record.status = batch.status.clone();
                 record.submit_state = "submitted";
@@ -617,13 +693,16 @@ async fn submit(
                     finish_record(previous, &batch_ids).await?;
                 }
                 let mut api = submit_error(&err);
-                if matches!(err, ElevenLabsError::Timeout) {
+                if may_have_been_created(&err) {
                     // ElevenLabs may have created the batch: keep the attempt so the
                     // sync can find it by name, and never dial these people twice.
+                    reached.store(true, Ordering::SeqCst);
                     state.store.record_batch(&record, &calls).await?;
-                    api = api.with_error(
-                        "ElevenLabs no respondió a tiempo; el envío se verificará automáticamente. No lo reintentes todavía.",
-                    );
+                    api = api.with_error(if matches!(err, ElevenLabsError::Timeout) {
+                        "ElevenLabs no respondió a tiempo; el envío se verificará automáticamente. No lo reintentes todavía."
+                    } else {
+                        "No se pudo confirmar si ElevenLabs recibió el envío; se verificará automáticamente. No lo reintentes todavía."
+                    });
                 }
                 if !batch_ids.is_empty() {
                     api = api.with_data(json!({"batchIds": batch_ids}));

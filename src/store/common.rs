@@ -840,7 +840,8 @@ macro_rules! shared_store_impl {
 
             async fn recent_batch(&self, group_id: i64, since: DateTime<Utc>) -> StoreResult<Option<Option<String>>> {
                 let row = sqlx::query(
-                    "SELECT elevenlabs_batch_id FROM batches WHERE group_id = $1 AND created_at >= $2
+                    "SELECT elevenlabs_batch_id FROM batches
+                     WHERE group_id = $1 AND (created_at >= $2 OR (submit_state = 'unknown' AND is_final = FALSE))
                      ORDER BY created_at DESC, id DESC LIMIT 1",
                 )
                 .bind(group_id)

@@ -132,6 +132,7 @@ async fn elevenlabs_failures_are_502_or_503_and_lists_are_cached(backend: Backen
             retry_after: Some(7),
         },
         times: None,
+        skip: None,
     });
     let busy = app.get("/api/phone-numbers", Some(&token)).await;
     busy.assert_error(503, "Error obteniendo números de teléfono de ElevenLabs");

@@ -29,6 +29,9 @@ both_backends!(
     idempotency_key_replays_the_first_answer,
     elevenlabs_errors_leave_no_batch_and_a_clear_error,
     elevenlabs_timeout_is_recorded_for_reconciliation_not_retried,
+    a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verified,
+    a_key_retried_after_a_partial_launch_replays_the_answer,
+    a_key_is_given_back_when_nothing_reached_elevenlabs,
     do_not_call_list_is_managed_by_admins,
 );
 
@@ -670,6 +673,7 @@ async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
                 retry_after,
             },
             times: None,
+            skip: None,
         });
         let reply = call(&app, &token, group, json!({"userId": id})).await;
         reply.assert_error(expected, "Error iniciando las llamadas");
@@ -736,6 +740,174 @@ async fn elevenlabs_timeout_is_recorded_for_reconciliation_not_retried(backend: 
             409,
             "Ya se iniciaron llamadas para este grupo hace un momento",
         );
+}
+
+/// Answers that do not say whether ElevenLabs took the batch (a gateway's 502
+/// or 504, a 2xx we cannot read) are kept as unknown for the sync to verify,
+/// and nobody can launch the group again until then, whatever the window or
+/// the idempotency key.
+async fn a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verified(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |c| c.duplicate_window_secs = 0).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    let submit = "/v1/convai/batch-calling/submit";
+    let cases = [
+        (504, json!({"detail": "gateway timeout"})),
+        (502, json!({"detail": "bad gateway"})),
+        (200, json!({"unexpected": true})),
+    ];
+    for (status, body) in cases {
+        sim.clear_faults();
+        sim.clear_requests();
+        sim.inject(Fault::status("POST", submit, status, body).times(1));
+        let reply = call(&app, &token, group, json!({"userId": id})).await;
+        reply.assert_error(502, "Error iniciando las llamadas");
+        assert!(
+            reply.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No lo reintentes todavía")),
+            "{status}: {}",
+            reply.text
+        );
+        assert_eq!(
+            app.db
+                .scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown' AND is_final = FALSE")
+                .await,
+            1,
+            "{status}"
+        );
+        // The window is zero, and a new key does not help: still refused.
+        let again = call(&app, &token, group, json!({"userId": id})).await;
+        again.assert_error(
+            409,
+            "Ya se iniciaron llamadas para este grupo hace un momento",
+        );
+        assert!(
+            again.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("verificando")),
+            "{}",
+            again.text
+        );
+        let keyed = app
+            .send(
+                app.client
+                    .post(app.url(&format!("/api/groups/{group}/call")))
+                    .bearer_auth(&token)
+                    .header("idempotency-key", format!("new-{status}"))
+                    .json(&json!({"userId": id})),
+            )
+            .await;
+        assert_eq!(keyed.status, 409, "{}", keyed.text);
+        assert_eq!(submits(&sim).len(), 1, "{status}: nothing sent again");
+        // Once the sync has settled it (here: found not to exist), launching works.
+        app.db
+            .execute("UPDATE batches SET submit_state = 'not_submitted', status = 'failed', is_final = TRUE WHERE submit_state = 'unknown'")
+            .await;
+    }
+    sim.clear_faults();
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_ok(
+            200,
+            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+        );
+}
+
+/// Part 2 of 2 is refused after part 1 was accepted: the same key must not
+/// launch part 1 again; it gets the first answer back.
+async fn a_key_retried_after_a_partial_launch_replays_the_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..10_005 {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let mut busy = Fault::status(
+        "POST",
+        "/v1/convai/batch-calling/submit",
+        429,
+        json!({"detail": {"code": "concurrent_limit_exceeded", "message": "busy"}}),
+    )
+    .after(1)
+    .times(1);
+    if let FaultAction::Status { retry_after, .. } = &mut busy.action {
+        *retry_after = Some(5);
+    }
+    sim.inject(busy);
+    let send = || {
+        app.send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", "partial-1")
+                .json(&json!({"userId": id})),
+        )
+    };
+    let first = send().await;
+    first.assert_error(503, "Error iniciando las llamadas");
+    let sent = first.body["data"]["batchIds"].as_array().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{}", first.text);
+    assert_eq!(submits(&sim).len(), 2);
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_000
+    );
+    // ElevenLabs is free again, and the client retries as told, with its key.
+    let retry = send().await;
+    assert_eq!(retry.status, 503);
+    assert_eq!(
+        retry.body, first.body,
+        "the first answer, not a second launch"
+    );
+    assert_eq!(submits(&sim).len(), 2, "part 1 is never sent twice");
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_000
+    );
+}
+
+/// A refusal of the first part means nothing exists at ElevenLabs: the key is
+/// free for another try.
+async fn a_key_is_given_back_when_nothing_reached_elevenlabs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let sim = sim(&app);
+    sim.inject(
+        Fault::status(
+            "POST",
+            "/v1/convai/batch-calling/submit",
+            429,
+            json!({"detail": {"code": "concurrent_limit_exceeded", "message": "busy"}}),
+        )
+        .times(1),
+    );
+    let send = || {
+        app.send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", "again-1")
+                .json(&json!({"userId": id})),
+        )
+    };
+    send()
+        .await
+        .assert_error(503, "Error iniciando las llamadas");
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 0);
+    send().await.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
 }
 
 async fn do_not_call_list_is_managed_by_admins(backend: Backend) {
