@@ -17,7 +17,9 @@
 //! **Merging**, field by field: a value given replaces the stored one, `None`
 //! keeps it. A non-final status never replaces a final one (`completed`,
 //! `failed`, `cancelled`, `voicemail`); a final one may replace another final
-//! one (a retried call that failed and then completed).
+//! one (a retried call that failed and then completed), unless it comes from
+//! an earlier attempt than the stored end ([`is_stale`]): then the whole
+//! outcome is ignored, so a late event never rewinds a finished call.
 //!
 //! **The client's status** follows the call: a `completed` call makes the
 //! client `completed`; a `voicemail` makes a `pending` client `contacted`; a
@@ -65,6 +67,39 @@ pub trait OutcomeStore: Send + Sync {
     /// all in one transaction (one commit for hundreds of calls).
     async fn apply_conversation_outcomes(&self, outcomes: &[(i64, CallOutcome)])
     -> StoreResult<()>;
+}
+
+/// What a call record holds when an outcome arrives for it.
+pub(crate) struct StoredCall {
+    pub status: String,
+    pub conversation_id: Option<String>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "completed" | "failed" | "cancelled" | "voicemail")
+}
+
+/// An outcome from an earlier attempt than the one the record already ended
+/// with (a retried call: events and syncs may arrive in any order). A final
+/// status only replaces another final one when it is not older: it started
+/// later or at the same time, or it is about the same conversation, or the
+/// record has no conversation yet.
+pub(crate) fn is_stale(stored: &StoredCall, incoming: &CallOutcome) -> bool {
+    if !is_final(&stored.status) || !incoming.status.as_deref().is_some_and(is_final) {
+        return false;
+    }
+    let same_conversation =
+        incoming.conversation_id.is_some() && incoming.conversation_id == stored.conversation_id;
+    if same_conversation {
+        return false;
+    }
+    match (incoming.started_at, stored.started_at) {
+        (Some(new), Some(old)) => new < old,
+        // Timeless (an initiation failure) after a call that did start.
+        (None, Some(_)) => stored.conversation_id.is_some(),
+        _ => false,
+    }
 }
 
 macro_rules! outcome_store_impl {
@@ -143,6 +178,24 @@ macro_rules! outcome_store_impl {
             /// Merges the outcome into the record `id` and moves its client on.
             async fn merge(conn: &mut Conn, id: i64, o: &CallOutcome) -> Result<(), sqlx::Error> {
                 let now = chrono::Utc::now();
+                let lock = if <$db as sqlx::Database>::NAME == "PostgreSQL" { " FOR UPDATE" } else { "" };
+                let stored = sqlx::query(&format!(
+                    "SELECT status, conversation_id, started_at FROM call_records WHERE id = $1{lock}"
+                ))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(stored) = stored {
+                    let current = $crate::store::outcome::StoredCall {
+                        status: stored.try_get("status")?,
+                        conversation_id: stored.try_get("conversation_id")?,
+                        started_at: stored.try_get("started_at")?,
+                    };
+                    if $crate::store::outcome::is_stale(&current, o) {
+                        tracing::debug!(call = id, "outcome of an earlier attempt ignored");
+                        return Ok(());
+                    }
+                }
                 let row = sqlx::query(&format!(
                     "UPDATE call_records SET
                         status = CASE
@@ -279,3 +332,66 @@ macro_rules! outcome_store_impl {
     };
 }
 pub(crate) use outcome_store_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::{StoredCall, is_stale};
+    use crate::elevenlabs::outcome::CallOutcome;
+    use chrono::{TimeZone, Utc};
+
+    fn stored(status: &str, conversation: Option<&str>, started: Option<i64>) -> StoredCall {
+        StoredCall {
+            status: status.into(),
+            conversation_id: conversation.map(str::to_owned),
+            started_at: started.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+        }
+    }
+
+    fn incoming(status: &str, conversation: Option<&str>, started: Option<i64>) -> CallOutcome {
+        CallOutcome {
+            status: Some(status.into()),
+            conversation_id: conversation.map(str::to_owned),
+            started_at: started.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+            ..CallOutcome::default()
+        }
+    }
+
+    #[test]
+    fn an_earlier_attempt_never_overwrites_a_later_end() {
+        let done = stored("completed", Some("conv_2"), Some(2_000));
+        assert!(is_stale(
+            &done,
+            &incoming("failed", Some("conv_1"), Some(1_000))
+        ));
+        assert!(is_stale(&done, &incoming("failed", None, None)));
+    }
+
+    #[test]
+    fn later_attempts_the_same_conversation_and_open_calls_apply() {
+        let failed = stored("failed", Some("conv_1"), Some(1_000));
+        assert!(!is_stale(
+            &failed,
+            &incoming("completed", Some("conv_2"), Some(2_000))
+        ));
+        let done = stored("completed", Some("conv_2"), Some(2_000));
+        assert!(!is_stale(
+            &done,
+            &incoming("completed", Some("conv_2"), None)
+        ));
+        let failed_early = stored("failed", None, None);
+        assert!(!is_stale(
+            &failed_early,
+            &incoming("completed", Some("conv_2"), Some(2_000))
+        ));
+        let running = stored("in_progress", Some("conv_2"), Some(2_000));
+        assert!(!is_stale(
+            &running,
+            &incoming("failed", Some("conv_1"), Some(1_000))
+        ));
+        // A non-final outcome is handled by the status rule, not here.
+        assert!(!is_stale(
+            &done,
+            &incoming("in_progress", Some("conv_1"), Some(1_000))
+        ));
+    }
+}

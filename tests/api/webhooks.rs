@@ -25,6 +25,7 @@ both_backends!(
     the_same_event_twice_changes_nothing,
     unknown_types_and_audio_are_accepted_and_ignored,
     an_initiation_failure_marks_the_call_failed_with_its_reason,
+    a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call,
     an_event_for_an_unknown_call_is_accepted_and_writes_nothing,
     without_a_secret_the_webhook_is_unavailable,
     malformed_json_with_a_valid_signature_is_a_bad_request,
@@ -486,6 +487,49 @@ async fn an_initiation_failure_marks_the_call_failed_with_its_reason(backend: Ba
     );
     assert_eq!(row.client_status.as_deref(), Some("contacted"));
     assert_pending(&call_row(&app, ANA).await);
+}
+
+/// A retried call: attempt 1 failed, attempt 2 completed, and the failure's
+/// webhook arrives last. The record keeps attempt 2's end.
+async fn a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let luis = client_id(&app, LUIS).await;
+    let done = event(
+        "post_call_transcription",
+        conversation(&batch, &luis.to_string(), LUIS, "conv_second"),
+    );
+    post_signed(&app, &done)
+        .await
+        .assert_ok(200, "Webhook recibido");
+    let before = call_row(&app, LUIS).await;
+    assert_eq!(before.status.as_deref(), Some("completed"));
+    let late = event(
+        "call_initiation_failure",
+        json!({"agent_id": SIM_AGENT_COBRANZA, "conversation_id": "conv_first", "failure_reason": "no-answer",
+               "metadata": {"type": "twilio", "body": {"To": LUIS, "CallStatus": "no-answer"}},
+               "conversation_initiation_client_data": {"dynamic_variables": {"client_id": luis.to_string()}}}),
+    );
+    let reply = post_signed(&app, &late).await;
+    reply.assert_ok(200, "Webhook recibido");
+    let after = call_row(&app, LUIS).await;
+    assert_eq!(after.status.as_deref(), Some("completed"));
+    assert_eq!(after.conversation_id.as_deref(), Some("conv_second"));
+    assert_eq!(after.failure_reason, None);
+    assert_eq!(after.client_status.as_deref(), Some("completed"));
+    // An older attempt's transcript, by the sync or a webhook, is ignored too.
+    let mut older = conversation(&batch, &luis.to_string(), LUIS, "conv_zero");
+    older["status"] = json!("failed");
+    older["metadata"]["start_time_unix_secs"] = json!(1_759_000_000);
+    let id = app
+        .store()
+        .apply_call_outcome(&CallOutcome::from_conversation(&older))
+        .await
+        .unwrap();
+    assert!(id.is_some());
+    let last = call_row(&app, LUIS).await;
+    assert_eq!(last.status.as_deref(), Some("completed"));
+    assert_eq!(last.conversation_id.as_deref(), Some("conv_second"));
 }
 
 async fn an_event_for_an_unknown_call_is_accepted_and_writes_nothing(backend: Backend) {
