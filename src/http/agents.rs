@@ -1,6 +1,7 @@
 //! `/api/agents` and `/api/phone-numbers`: ElevenLabs' agents and numbers,
 //! behind a token and a short cache (API.md §3).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::routing::get;
@@ -35,7 +36,12 @@ pub fn router() -> Router<AppState> {
 /// 5xx, timeouts, refused connections → 502 `ELEVENLABS_UNAVAILABLE`;
 /// anything else → 502 with `message`. The key never appears.
 pub fn upstream_error(message: &'static str, err: &ElevenLabsError) -> ApiError {
-    tracing::warn!(error = %err, "ElevenLabs request failed");
+    // Never ElevenLabs' own text: it may echo what we sent (numbers, names).
+    let code = match err {
+        ElevenLabsError::Status { code, .. } => code.as_deref(),
+        _ => None,
+    };
+    tracing::warn!(status = ?err.status(), code = ?code, outcome = err.outcome(), "ElevenLabs request failed");
     match err {
         ElevenLabsError::Status {
             status: 401 | 403, ..
@@ -244,8 +250,11 @@ pub struct AgentDetail {
 pub async fn get_agent(
     State(state): State<AppState>,
     AuthUser(_user): AuthUser,
-    Path(agent_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Envelope<AgentDetail>>> {
+    let Ok(Path(agent_id)) = path else {
+        return Err(ApiError::not_found(MSG_AGENT_NOT_FOUND));
+    };
     let agent = fetch_agent(&state, &agent_id)
         .await
         .map_err(|e| match e.status() {

@@ -143,7 +143,13 @@ async fn visible_batch(
     };
     let group = visible_group(state, caller, batch.group_id)
         .await
-        .map_err(|_| not_found())?;
+        .map_err(|e| {
+            if e.status == axum::http::StatusCode::NOT_FOUND {
+                not_found()
+            } else {
+                e
+            }
+        })?;
     Ok((group, batch))
 }
 

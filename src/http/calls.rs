@@ -324,6 +324,17 @@ async fn launch(
         .await
     }
     .await;
+    if reached.load(Ordering::SeqCst)
+        && group.phone_number_id.as_deref() != Some(phone_number_id.as_str())
+    {
+        if let Err(err) = state
+            .store
+            .set_group_phone_number(group.id, &phone_number_id)
+            .await
+        {
+            tracing::error!(error = %err, "launch: the group's phone number could not be saved");
+        }
+    }
     if let Err(err) = state.store.unlock_launch(group.id).await {
         // The lock expires by itself; the launch's answer stands.
         tracing::error!(error = %err, "launch: the group's launch lock could not be released");
@@ -364,7 +375,8 @@ fn check_schedule(value: Option<&Value>) -> ApiResult<Option<i64>> {
 }
 
 /// Body → group → ElevenLabs (the agent's number, else the first outbound one).
-/// A chosen number ElevenLabs does not list is refused; the choice is saved.
+/// A chosen number ElevenLabs does not list is refused. The choice is saved on
+/// the group only once a batch used it (a failed launch changes nothing).
 async fn resolve_phone_number(
     state: &AppState,
     group: &Group,
@@ -394,12 +406,6 @@ async fn resolve_phone_number(
             .map(|p| p.phone_number_id.clone())
             .ok_or_else(|| no_phone("ElevenLabs no tiene números que puedan llamar".into()))?,
     };
-    if group.phone_number_id.as_deref() != Some(chosen.as_str()) {
-        state
-            .store
-            .set_group_phone_number(group.id, &chosen)
-            .await?;
-    }
     Ok(chosen)
 }
 

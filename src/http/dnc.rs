@@ -1,5 +1,6 @@
 //! `/api/do-not-call`: numbers that are never sent to ElevenLabs (API.md §8).
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -108,8 +109,11 @@ pub async fn add(
 pub async fn remove(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
-    Path(phone): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Envelope<Value>>> {
+    let Ok(Path(phone)) = path else {
+        return Err(ApiError::bad_request(MSG_BAD_PHONE));
+    };
     let e164 = normalize(&phone)?;
     if !state.store.remove_do_not_call(&e164).await? {
         return Err(ApiError::not_found(

@@ -12,6 +12,7 @@ both_backends!(
     unknown_agent_is_not_found,
     phone_numbers_are_listed_under_both_paths,
     elevenlabs_failures_are_502_or_503_and_lists_are_cached,
+    undecodable_path_segments_get_json_errors,
 );
 
 async fn agents_need_a_token(backend: Backend) {
@@ -165,4 +166,17 @@ async fn elevenlabs_failures_are_502_or_503_and_lists_are_cached(backend: Backen
         .await
         .assert_ok(200, "Números de teléfono obtenidos exitosamente");
     assert!(sim.requests().is_empty());
+}
+
+/// A path segment that is not UTF-8 once decoded is answered in the envelope,
+/// like every other error, never with the framework's plain text.
+async fn undecodable_path_segments_get_json_errors(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let agent = app.get("/api/agents/%FF", Some(&token)).await;
+    agent.assert_error(404, "Agente no encontrado");
+    let number = app.delete("/api/do-not-call/%C0", Some(&token)).await;
+    assert_eq!(number.status, 400, "{}", number.text);
+    assert_eq!(number.body["success"], false);
+    assert!(number.body["message"].is_string());
 }

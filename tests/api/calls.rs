@@ -436,9 +436,18 @@ async fn agent_variables_must_be_present_for_every_recipient(backend: Backend) {
     // The debt agent needs {{name}} and {{monto}}: Luis has no amount and the group no default.
     let csv = "nombre,telefono,monto\nAna,3138539151,10\nLuis,3138539152,\n";
     let group = group_id(&app, &token, json!({"name": "g", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
-    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    // A number chosen for this launch is not kept when the launch fails.
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "agentPhoneNumberId": SIM_PHONE_FREE}),
+    )
+    .await;
     reply.assert_error(400, "Faltan variables requeridas en el mensaje del agente");
     assert_eq!(reply.body["errorCode"], "MISSING_VARIABLES");
+    let unchanged = app.get(&format!("/api/groups/{group}"), Some(&token)).await;
+    assert_eq!(unchanged.body["data"]["phoneNumberId"], Value::Null);
     let detail = reply.body["error"].as_str().unwrap();
     assert!(
         detail.contains("monto") && !detail.contains("name"),
