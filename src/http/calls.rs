@@ -324,14 +324,14 @@ async fn launch(
         .await
     }
     .await;
-    if reached.load(Ordering::SeqCst)
-        && group.phone_number_id.as_deref() != Some(phone_number_id.as_str())
-    {
-        if let Err(err) = state
+    // The number is kept on the group once a batch used it.
+    let used = reached.load(Ordering::SeqCst);
+    if used && group.phone_number_id.as_deref() != Some(phone_number_id.as_str()) {
+        let saved = state
             .store
             .set_group_phone_number(group.id, &phone_number_id)
-            .await
-        {
+            .await;
+        if let Err(err) = saved {
             tracing::error!(error = %err, "launch: the group's phone number could not be saved");
         }
     }
