@@ -11,8 +11,9 @@
 //! 3. the batch and our `client_id` dynamic variable (when ElevenLabs replaced
 //!    the recipient id by its own);
 //! 4. the batch and the number called;
-//! 5. without a batch (a `call_initiation_failure` carries none): the newest
-//!    call record of that client id *and* number that is not final yet.
+//! 5. without a batch (a `call_initiation_failure` carries none): the call
+//!    record of that client id *and* number that is not final yet, one being
+//!    dialled first, then the newest; never one of a batch scheduled for later.
 //!
 //! **Merging**, field by field: a value given replaces the stored one, `None`
 //! keeps it. A non-final status never replaces a final one (`completed`,
@@ -166,9 +167,16 @@ macro_rules! outcome_store_impl {
                     return Ok(None);
                 }
                 if let (Some(client), Some(phone)) = (o.client_id.as_deref(), o.phone_number.as_deref()) {
+                    // A call being dialled first; never one of a batch scheduled
+                    // for later (it has not been dialled yet).
+                    let soon = chrono::Utc::now().timestamp() + 60;
                     let sql = format!(
-                        "SELECT id FROM call_records WHERE recipient_id = $1 AND phone_e164 = $2
-                         AND status NOT IN {FINALS} ORDER BY id DESC LIMIT 1"
+                        "SELECT r.id FROM call_records r JOIN batches b ON b.id = r.batch_id
+                         WHERE r.recipient_id = $1 AND r.phone_e164 = $2 AND r.status NOT IN {FINALS}
+                           AND (b.scheduled_time_unix IS NULL OR b.scheduled_time_unix <= {soon})
+                         ORDER BY CASE WHEN r.status IN ('dispatched', 'initiated', 'in_progress') THEN 0 ELSE 1 END,
+                                  r.id DESC
+                         LIMIT 1"
                     );
                     return first_id(conn, &sql, client, Some(phone)).await;
                 }

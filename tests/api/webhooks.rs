@@ -26,6 +26,7 @@ both_backends!(
     unknown_types_and_audio_are_accepted_and_ignored,
     an_initiation_failure_marks_the_call_failed_with_its_reason,
     a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call,
+    an_initiation_failure_never_lands_on_a_batch_scheduled_for_later,
     an_event_for_an_unknown_call_is_accepted_and_writes_nothing,
     without_a_secret_the_webhook_is_unavailable,
     malformed_json_with_a_valid_signature_is_a_bad_request,
@@ -530,6 +531,54 @@ async fn a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call(back
     let last = call_row(&app, LUIS).await;
     assert_eq!(last.status.as_deref(), Some("completed"));
     assert_eq!(last.conversation_id.as_deref(), Some("conv_second"));
+}
+
+/// The same client in a batch running now and in one scheduled for tomorrow:
+/// an initiation failure (which names no batch) is today's call's.
+async fn an_initiation_failure_never_lands_on_a_batch_scheduled_for_later(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let (token, admin_id) = crate::helpers::token_and_id(
+        &app.login("admin@example.com", crate::helpers::PASSWORD)
+            .await,
+    );
+    let group: i64 = app.db.scalar("SELECT MIN(id) FROM groups").await;
+    let later = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", "tomorrow")
+                .json(&json!({"userId": admin_id, "scheduledTimeUnix": now() + 86_400})),
+        )
+        .await;
+    assert_eq!(later.status, 200, "{}", later.text);
+    let luis = client_id(&app, LUIS).await;
+    let body = event(
+        "call_initiation_failure",
+        json!({"agent_id": SIM_AGENT_COBRANZA, "conversation_id": "conv_today", "failure_reason": "busy",
+               "metadata": {"type": "twilio", "body": {"To": LUIS, "CallStatus": "busy"}},
+               "conversation_initiation_client_data": {"dynamic_variables": {"client_id": luis.to_string()}}}),
+    );
+    post_signed(&app, &body)
+        .await
+        .assert_ok(200, "Webhook recibido");
+    let statuses = rows(
+        &app.db,
+        &format!(
+            "SELECT r.status, r.conversation_id FROM call_records r WHERE r.phone_e164 = '{LUIS}' ORDER BY r.id"
+        ),
+    )
+    .await;
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[0][0].as_deref(), Some("failed"), "today's call");
+    assert_eq!(statuses[0][1].as_deref(), Some("conv_today"));
+    assert_ne!(
+        statuses[1][0].as_deref(),
+        Some("failed"),
+        "tomorrow's call untouched"
+    );
+    assert_eq!(statuses[1][1], None);
 }
 
 async fn an_event_for_an_unknown_call_is_accepted_and_writes_nothing(backend: Backend) {
