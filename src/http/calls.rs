@@ -96,14 +96,14 @@ pub async fn start_calls(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
-    let request: CallRequest = serde_json::from_value(body.clone())
-        .map_err(|e| ApiError::bad_request(crate::error::MSG_BAD_JSON).with_error(e.to_string()))?;
-    // 1. userId
-    let user_id = request
-        .user_id
-        .as_ref()
+    // 1. userId, before anything else is read from the body (a body that is
+    // not an object has no userId either).
+    let user_id = body
+        .get("userId")
         .and_then(positive_int)
         .ok_or_else(|| ApiError::bad_request(MSG_USER_ID))?;
+    let request: CallRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::bad_request(crate::error::MSG_BAD_JSON).with_error(e.to_string()))?;
     let group_id = ids.first();
 
     let key = match headers.get("idempotency-key") {

@@ -217,6 +217,11 @@ async fn user_id_must_be_a_positive_integer(backend: Backend) {
         json!({"userId": 0}),
         json!({"userId": "abc"}),
         json!({"userId": -3}),
+        // Not an object at all, or other fields of the wrong type: userId is still checked first.
+        json!(null),
+        json!([1]),
+        json!("userId"),
+        json!({"agentPhoneNumberId": 123}),
     ] {
         call(&app, &token, group, body)
             .await
