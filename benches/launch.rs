@@ -1,13 +1,17 @@
 //! Launch benchmark (issue 4): `POST /api/groups/:id/call` for a group of
-//! 100,000 clients against the in-process simulator (no added latency), on a
-//! release build, on SQLite and PostgreSQL. Prints one JSON object per backend.
+//! 100,000 clients against the simulator (no added latency), on a release
+//! build, on SQLite and PostgreSQL. Prints one JSON object per backend and
+//! simulator placement: `process` (the simulator is its own process, as
+//! ElevenLabs is to a production server) and `in-process` (the simulator of
+//! `cargo run` with no API key, whose work and memory count as the server's).
 //!
-//! `cargo bench --bench launch` (`BENCH_ROWS` changes the group size).
+//! `cargo bench --bench launch` (`BENCH_ROWS` changes the group size,
+//! `BENCH_SIMULATOR=process` or `in-process` runs only that placement).
 
 mod common;
 
 use base64::Engine;
-use common::Server;
+use common::{Server, SimulatorProcess};
 use serde_json::json;
 
 fn rows() -> usize {
@@ -17,13 +21,24 @@ fn rows() -> usize {
         .unwrap_or(100_000)
 }
 
-async fn run(backend: &str, csv: &[u8]) {
-    // Slow simulated calls: the benchmark measures the launch, not the dialling.
-    let server = Server::start(
-        backend,
-        &[("SIMULATOR_STEP_MS", "600000"), ("SYNC_INTERVAL_SECS", "0")],
-    )
-    .await;
+/// Slow simulated calls: the benchmark measures the launch, not the dialling.
+const STEP_MS: u64 = 600_000;
+
+async fn run(backend: &str, placement: &str, csv: &[u8]) {
+    let simulator = match placement {
+        "process" => Some(SimulatorProcess::start(STEP_MS).await),
+        _ => None,
+    };
+    let step = STEP_MS.to_string();
+    let mut env = vec![
+        ("SIMULATOR_STEP_MS", step.as_str()),
+        ("SYNC_INTERVAL_SECS", "0"),
+    ];
+    if let Some(simulator) = &simulator {
+        env.push(("ELEVENLABS_API_KEY", "bench-key"));
+        env.push(("ELEVENLABS_BASE_URL", simulator.base_url.as_str()));
+    }
+    let server = Server::start(backend, &env).await;
     let group = json!({
         "name": "bench launch",
         "agentId": marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA,
@@ -36,23 +51,36 @@ async fn run(backend: &str, csv: &[u8]) {
     server.settle();
     // A fresh process: the peak RSS below is the launch's, not the import's.
     let server = server.restart().await;
+    let cpu_before = server.cpu_seconds();
+    let sim_before = simulator.as_ref().map(SimulatorProcess::cpu_seconds);
     let (status, reply, seconds) = server
         .post(&format!("/api/groups/{id}/call"), &json!({"userId": 1}))
         .await;
+    let server_cpu = server.cpu_seconds() - cpu_before;
+    let simulator_cpu = simulator
+        .as_ref()
+        .zip(sim_before)
+        .map(|(s, before)| ((s.cpu_seconds() - before) * 100.0).round() / 100.0);
     println!(
         "{}",
         json!({
             "benchmark": "launch",
             "backend": backend,
+            "simulator": placement,
             "status": status,
             "clients": rows(),
             "recipients": reply["data"]["recipientsCount"],
             "batches": reply["data"]["batchIds"].as_array().map(|b| b.len()),
             "seconds": (seconds * 1000.0).round() / 1000.0,
+            "server_cpu_seconds": (server_cpu * 100.0).round() / 100.0,
+            "simulator_cpu_seconds": simulator_cpu,
             "server_peak_rss_mb": server.peak_rss_mb(),
         })
     );
     server.stop();
+    if let Some(simulator) = simulator {
+        simulator.stop();
+    }
 }
 
 fn main() {
@@ -69,7 +97,13 @@ fn main() {
         ));
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for backend in ["sqlite", "postgres"] {
-        runtime.block_on(run(backend, csv.as_bytes()));
+    let only = std::env::var("BENCH_SIMULATOR").ok();
+    for placement in ["process", "in-process"] {
+        if only.as_deref().is_some_and(|o| o != placement) {
+            continue;
+        }
+        for backend in ["sqlite", "postgres"] {
+            runtime.block_on(run(backend, placement, csv.as_bytes()));
+        }
     }
 }

@@ -90,6 +90,74 @@ async fn auth(client: &reqwest::Client, base: &str, how: &str) -> String {
     reply["data"]["token"].as_str().expect("token").to_owned()
 }
 
+/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The ElevenLabs simulator as its own process (`marcador simulate-elevenlabs`),
+/// as ElevenLabs is to a production server: its work and memory are not the server's.
+pub struct SimulatorProcess {
+    child: Child,
+    pub base_url: String,
+}
+
+impl SimulatorProcess {
+    pub async fn start(step_ms: u64) -> SimulatorProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_marcador"))
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .args([
+                "simulate-elevenlabs",
+                "--port",
+                &port.to_string(),
+                "--step-ms",
+            ])
+            .arg(step_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("simulator starts");
+        let base_url = format!("http://127.0.0.1:{port}");
+        let probe = reqwest::Client::new();
+        for _ in 0..200 {
+            if probe
+                .get(format!("{base_url}/v1/convai/agents"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        SimulatorProcess { child, base_url }
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id())
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     /// Starts the server on `backend` (`sqlite` or `postgres`) with extra environment, and registers.
     pub async fn start(backend: &str, env: &[(&str, &str)]) -> Server {
@@ -190,6 +258,11 @@ impl Server {
             psql(&self.database_url, "VACUUM ANALYZE");
             psql(&self.database_url, "CHECKPOINT");
         }
+    }
+
+    /// CPU seconds (user + system) the server process has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.child.id())
     }
 
     /// The server's `VmHWM` in MB, one decimal.
