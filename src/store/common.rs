@@ -11,7 +11,8 @@
 //!   "database is locked" half-way);
 //! - `async fn lock_first_user(tx)`: serialise "is this the first user?" decisions;
 //! - `async fn lock_migrations(tx)`: keep other instances out while migrating;
-//! - `async fn insert_call_records(tx, …)`: the bulk load of a batch's recipients.
+//! - `async fn insert_call_records(tx, …)`: the bulk load of a batch's recipients;
+//! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch.
 
 pub(crate) const USER_COLUMNS: &str =
     "id, username, email, first_name, last_name, role, is_active, created_at, updated_at";
@@ -785,25 +786,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn launch_clients(&self, group_id: i64) -> StoreResult<Vec<$crate::store::LaunchClient>> {
-                // Row by row: a launch of 200,000 clients never holds the raw rows and the clients at once.
-                let mut rows = sqlx::query(
-                    "SELECT id, name, phone_e164, email, variables FROM clients
-                     WHERE group_id = $1 AND deleted_at IS NULL ORDER BY id",
-                )
-                .bind(group_id)
-                .fetch(&self.pool);
-                let mut clients = Vec::new();
-                while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                    let Json(variables): Json<JsonMap> = row.try_get("variables")?;
-                    clients.push($crate::store::LaunchClient {
-                        id: row.try_get("id")?,
-                        name: row.try_get("name")?,
-                        phone_e164: row.try_get("phone_e164")?,
-                        email: row.try_get("email")?,
-                        variables,
-                    });
-                }
-                Ok(clients)
+                Ok(Self::load_launch_clients(&self.pool, group_id).await?)
             }
 
             async fn set_group_phone_number(&self, group_id: i64, phone_number_id: &str) -> StoreResult<()> {

@@ -34,6 +34,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "launch_writes",
         include_str!("../../migrations/postgres/0006_launch_writes.sql"),
     ),
+    (
+        7,
+        "launch_rows",
+        include_str!("../../migrations/postgres/0007_launch_rows.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
@@ -154,6 +159,34 @@ impl PgStore {
         .execute(&mut *conn)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Row by row: a launch of 200,000 clients never holds the raw rows and the
+    /// clients at once. (Pages of JSON arrays, as on SQLite, were slower here:
+    /// PostgreSQL's driver decodes rows faster than `json_agg` builds them.)
+    async fn load_launch_clients(
+        pool: &PgPool,
+        group_id: i64,
+    ) -> Result<Vec<crate::store::LaunchClient>, sqlx::Error> {
+        use sqlx::Row;
+        let mut rows = sqlx::query(
+            "SELECT id, name, phone_e164, email, variables FROM clients
+             WHERE group_id = $1 AND deleted_at IS NULL ORDER BY id",
+        )
+        .bind(group_id)
+        .fetch(pool);
+        let mut clients = Vec::new();
+        while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+            let sqlx::types::Json(variables) = row.try_get("variables")?;
+            clients.push(crate::store::LaunchClient {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                phone_e164: row.try_get("phone_e164")?,
+                email: row.try_get("email")?,
+                variables,
+            });
+        }
+        Ok(clients)
     }
 
     async fn insert_call_records(
