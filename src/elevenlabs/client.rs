@@ -283,7 +283,10 @@ impl ElevenLabs {
     }
 
     /// Never retried (see the module doc).
-    pub async fn submit_batch(&self, batch: &SubmitBatch) -> Result<BatchCall, ElevenLabsError> {
+    pub async fn submit_batch<R: Serialize + Sync>(
+        &self,
+        batch: &SubmitBatch<R>,
+    ) -> Result<BatchCall, ElevenLabsError> {
         self.send(
             Method::POST,
             "/v1/convai/batch-calling/submit",

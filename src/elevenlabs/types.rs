@@ -5,15 +5,18 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// `POST /v1/convai/batch-calling/submit`.
+/// `POST /v1/convai/batch-calling/submit`. The recipients' type is open so
+/// that a launch can write each recipient's variables straight from its
+/// client row (see `http::calls::LaunchRecipient`) instead of first building
+/// a map per recipient; it serialises exactly as [`OutboundRecipient`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitBatch {
+pub struct SubmitBatch<R = OutboundRecipient> {
     pub call_name: String,
     pub agent_id: String,
     pub agent_phone_number_id: String,
     /// Sent as an explicit `null` for "now" (older API versions require the key).
     pub scheduled_time_unix: Option<i64>,
-    pub recipients: Vec<OutboundRecipient>,
+    pub recipients: Vec<R>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
