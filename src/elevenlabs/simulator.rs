@@ -133,7 +133,9 @@ pub struct CapturedRequest {
 struct Recipient {
     id: String,
     phone: String,
-    client_data: Value,
+    /// Kept as its JSON text: a simulated launch of 100,000 recipients held
+    /// their variables as trees of values, about a kilobyte each.
+    client_data: Box<serde_json::value::RawValue>,
     created_at_unix: i64,
     /// When this recipient's clock starts (ms); reset on retry.
     start_ms: i64,
@@ -470,8 +472,8 @@ fn conversation_json(
     let digit = last_digit(&r.phone);
     let success = digit.is_multiple_of(2);
     let start = r.start_ms / 1000 + 2;
-    let name = r
-        .client_data
+    let client_data: Value = serde_json::from_str(r.client_data.get()).unwrap_or_default();
+    let name = client_data
         .pointer("/dynamic_variables/name")
         .and_then(Value::as_str)
         .unwrap_or("cliente")
@@ -682,6 +684,10 @@ fn validate_submit(body: &Value) -> Vec<Value> {
         )),
     }
     problems
+}
+
+fn empty_client_data() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".into()).unwrap_or_default()
 }
 
 fn is_e164(phone: &str) -> bool {
@@ -932,9 +938,9 @@ impl Simulator {
                         id: format!("{id}_r_{i}"),
                         phone: r["phone_number"].as_str().unwrap_or_default().to_owned(),
                         client_data: r
-                            .get_mut("conversation_initiation_client_data")
-                            .map(Value::take)
-                            .unwrap_or(json!({})),
+                            .get("conversation_initiation_client_data")
+                            .and_then(|data| serde_json::value::to_raw_value(data).ok())
+                            .unwrap_or_else(empty_client_data),
                         created_at_unix: now / 1000,
                         start_ms: start_ms + (i as i64 % 3) * step,
                         attempt: 0,
