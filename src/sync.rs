@@ -354,6 +354,10 @@ impl SyncWorker {
                     continue;
                 }
                 let full = self.elevenlabs.get_batch(&candidate.id).await?;
+                if !self.same_people(batch.id, &full).await? {
+                    // Another group's launch of the same name, agent and day.
+                    continue;
+                }
                 let snapshot = snapshot_of(&full);
                 if self
                     .store
@@ -374,6 +378,37 @@ impl SyncWorker {
             }
         }
         Ok(None)
+    }
+}
+
+impl SyncWorker {
+    /// Whether ElevenLabs' batch calls exactly the people of our unverified
+    /// attempt: as many recipients, and each of its numbers one of ours. A name
+    /// is only `Llamada <group> - <date>`, which two groups may share.
+    async fn same_people(&self, batch_id: i64, remote: &BatchCall) -> anyhow::Result<bool> {
+        let (ours, total) = self
+            .store
+            .batch_recipients(
+                batch_id,
+                1,
+                crate::http::calls::MAX_RECIPIENTS_PER_BATCH as i64,
+            )
+            .await?;
+        if remote.total_calls_scheduled != total {
+            return Ok(false);
+        }
+        let Some(theirs) = &remote.recipients else {
+            // No list to compare: the count, name, agent and time must do.
+            return Ok(true);
+        };
+        let ours: std::collections::HashSet<&str> =
+            ours.iter().map(|r| r.phone_e164.as_str()).collect();
+        Ok(theirs.len() as i64 == total
+            && theirs.iter().all(|r| {
+                r.phone_number
+                    .as_deref()
+                    .is_some_and(|phone| ours.contains(phone))
+            }))
     }
 }
 

@@ -21,6 +21,7 @@ both_backends!(
     retry_calls_the_failed_recipients_again,
     two_workers_never_sync_one_batch_at_once,
     a_timed_out_submit_is_found_by_name_or_given_up,
+    a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submit,
     the_stream_reports_progress_and_the_end,
     the_worker_runs_in_the_background,
     calls_told_by_webhook_are_not_read_again,
@@ -746,6 +747,123 @@ async fn a_timed_out_submit_is_found_by_name_or_given_up(backend: Backend) {
             .scalar(&format!("SELECT COUNT(*) FROM call_records WHERE group_id = {other} AND status = 'failed' AND failure_reason IS NOT NULL"))
             .await,
         4
+    );
+}
+
+/// Submits a batch straight to the simulator, as another group's launch would.
+async fn submit_elsewhere(app: &TestApp, name: &str, phones: &[&str]) -> String {
+    app.state
+        .elevenlabs
+        .submit_batch(&SubmitBatch {
+            call_name: name.into(),
+            agent_id: SIM_AGENT_COBRANZA.into(),
+            agent_phone_number_id: marcador::elevenlabs::simulator::SIM_PHONE_ASSIGNED.into(),
+            scheduled_time_unix: None,
+            recipients: phones
+                .iter()
+                .map(|p| OutboundRecipient {
+                    id: None,
+                    phone_number: (*p).into(),
+                    conversation_initiation_client_data: None,
+                })
+                .collect(),
+        })
+        .await
+        .expect("submitted")
+        .id
+}
+
+async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submit(
+    backend: Backend,
+) {
+    let app = app_with_step(backend, 60_000).await;
+    let (token, id) = app.admin().await;
+    let group = group_id(
+        &app,
+        &token,
+        json!({"name": "Cartera", "agentId": SIM_AGENT_COBRANZA, "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await;
+    let sim = sim(&app);
+    // A gateway error: the submit may or may not have been created (here it was not).
+    sim.inject(
+        Fault::status(
+            "POST",
+            "/v1/convai/batch-calling/submit",
+            504,
+            json!({"detail": "gateway"}),
+        )
+        .times(1),
+    );
+    let reply = app
+        .post(
+            &format!("/api/groups/{group}/call"),
+            Some(&token),
+            json!({"userId": id}),
+        )
+        .await;
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(sim.batch_count(), 0);
+    let name = format!(
+        "Llamada Cartera - {}",
+        chrono::Utc::now()
+            .with_timezone(&chrono_tz::America::Bogota)
+            .format("%d/%m/%Y")
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown' AND name = '{name}'"
+            ))
+            .await,
+        1
+    );
+    // Another owner's group of the same name launched the same day, same agent:
+    // same name at ElevenLabs, other people (and one with as many people).
+    submit_elsewhere(&app, &name, &["+573009990001", "+573009990002"]).await;
+    submit_elsewhere(
+        &app,
+        &name,
+        &[
+            "+573138539151",
+            "+573138539152",
+            "+573138539158",
+            "+573009990003",
+        ],
+    )
+    .await;
+    let worker = SyncWorker::with_owner(&app.state, "w");
+    let report = worker.tick().await;
+    assert_eq!(report.reconciled, 0, "{report:?}");
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown' AND elevenlabs_batch_id IS NULL")
+            .await,
+        1,
+        "still unverified: neither batch is ours"
+    );
+    // Ours, when it does show up, is found.
+    let ours = submit_elsewhere(
+        &app,
+        &name,
+        &[
+            "+573138539159",
+            "+573138539158",
+            "+573138539152",
+            "+573138539151",
+        ],
+    )
+    .await;
+    app.db
+        .execute("UPDATE batches SET next_sync_at = created_at")
+        .await;
+    let report = worker.tick().await;
+    assert_eq!(report.reconciled, 1, "{report:?}");
+    assert_eq!(
+        app.db
+            .scalar(&format!("SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted' AND elevenlabs_batch_id = '{ours}'"))
+            .await,
+        1
     );
 }
 
