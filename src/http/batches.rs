@@ -480,6 +480,19 @@ async fn progress(state: &AppState, batch_id: i64) -> ApiResult<(Value, bool)> {
     ))
 }
 
+/// Whether the user may still watch the group: active and the group still
+/// visible to them. A database error is not taken for a refusal.
+async fn still_allowed(state: &AppState, user_id: i64, group_id: i64) -> bool {
+    match state.store.get_user(user_id).await {
+        Ok(Some(user)) if user.is_active => match visible_group(state, &user, group_id).await {
+            Ok(_) => true,
+            Err(err) => err.status != axum::http::StatusCode::NOT_FOUND,
+        },
+        Ok(_) => false,
+        Err(_) => true,
+    }
+}
+
 #[utoipa::path(get, path = "/api/groups/{id}/batch-status/{batchId}/stream", tag = "batches", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Group id"), ("batchId" = String, Path, description = "ElevenLabs batch id")),
     responses(
@@ -494,6 +507,8 @@ pub async fn batch_stream(
     let (_, batch) = visible_batch(&state, &caller, &path).await?;
     struct Cursor {
         state: AppState,
+        user_id: i64,
+        group_id: i64,
         batch_id: i64,
         last: Option<Value>,
         done: bool,
@@ -501,6 +516,8 @@ pub async fn batch_stream(
     }
     let cursor = Cursor {
         state,
+        user_id: caller.id,
+        group_id: batch.group_id,
         batch_id: batch.id,
         last: None,
         done: false,
@@ -514,6 +531,11 @@ pub async fn batch_stream(
             if c.last.is_some() {
                 tokio::time::sleep(STREAM_POLL).await;
                 c.since_event += STREAM_POLL;
+                if !still_allowed(&c.state, c.user_id, c.group_id).await {
+                    // The watcher was deactivated or the group deleted since
+                    // the stream opened: it ends, and a reconnection is refused.
+                    return None;
+                }
             }
             let event = match progress(&c.state, c.batch_id).await {
                 Ok((now, is_final)) => {

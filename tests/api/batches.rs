@@ -23,6 +23,7 @@ both_backends!(
     a_timed_out_submit_is_found_by_name_or_given_up,
     a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submit,
     the_stream_reports_progress_and_the_end,
+    the_stream_ends_when_its_group_is_deleted,
     the_worker_runs_in_the_background,
     calls_told_by_webhook_are_not_read_again,
 );
@@ -865,6 +866,50 @@ async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submi
             .await,
         1
     );
+}
+
+async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
+    let app = app_with_step(backend, 600_000).await;
+    let (token, _, group, batch) = launched(&app).await;
+    let mut response = app
+        .client
+        .get(app.url(&format!("/api/groups/{group}/batch-status/{batch}/stream")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+        .await
+        .expect("a first event")
+        .expect("readable")
+        .expect("not ended yet");
+    assert!(String::from_utf8_lossy(&first).contains("event: status-update"));
+    let deleted = app
+        .delete(&format!("/api/groups/{group}"), Some(&token))
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    // Ended within a few polls (one a second), with no further progress sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "the stream went on");
+        match tokio::time::timeout(Duration::from_secs(5), response.chunk()).await {
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Ok(Ok(Some(chunk))) => {
+                let text = String::from_utf8_lossy(&chunk).into_owned();
+                assert!(!text.contains("status-update"), "{text}");
+            }
+            Err(_) => {}
+        }
+    }
+    // And it cannot be opened again.
+    let again = app
+        .get(
+            &format!("/api/groups/{group}/batch-status/{batch}/stream"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(again.status, 404);
 }
 
 async fn the_stream_reports_progress_and_the_end(backend: Backend) {
