@@ -425,9 +425,15 @@ macro_rules! sync_store_impl {
                         tx.rollback().await?;
                         return Ok(None);
                     }
-                    let rows = sqlx::query(
-                        "SELECT id, recipient_id, phone_e164, status, conversation_id FROM call_records WHERE batch_id = $1",
-                    )
+                    // The records are compared and written in one transaction; on
+                    // PostgreSQL they are locked while it runs, so a webhook's
+                    // outcome merged meanwhile (it locks its record too) is either
+                    // seen here or applied after, never overwritten by an older
+                    // reading. (SQLite's write transaction already excludes it.)
+                    let lock = if <$db as sqlx::Database>::NAME == "PostgreSQL" { " FOR UPDATE" } else { "" };
+                    let rows = sqlx::query(&format!(
+                        "SELECT id, recipient_id, phone_e164, status, conversation_id FROM call_records WHERE batch_id = $1 ORDER BY id{lock}"
+                    ))
                     .bind(batch_id)
                     .fetch_all(&mut *tx)
                     .await?;

@@ -24,6 +24,7 @@ both_backends!(
     a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submit,
     the_stream_reports_progress_and_the_end,
     the_stream_ends_when_its_group_is_deleted,
+    a_webhook_merged_during_a_sync_is_not_overwritten_by_it,
     the_worker_runs_in_the_background,
     calls_told_by_webhook_are_not_read_again,
 );
@@ -863,6 +864,89 @@ async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submi
     assert_eq!(
         app.db
             .scalar(&format!("SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted' AND elevenlabs_batch_id = '{ours}'"))
+            .await,
+        1
+    );
+}
+
+/// A write transaction held open on the test's own connection, as a webhook
+/// being merged holds one.
+enum HeldWrite {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldWrite {
+    async fn begin(app: &TestApp, backend: Backend) -> HeldWrite {
+        use sqlx::Connection;
+        match backend {
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                HeldWrite::Sqlite(conn)
+            }
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN").execute(&mut conn).await.unwrap();
+                HeldWrite::Postgres(conn)
+            }
+        }
+    }
+
+    async fn execute(&mut self, sql: &str) {
+        match self {
+            HeldWrite::Sqlite(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+            HeldWrite::Postgres(conn) => sqlx::raw_sql(sql).execute(conn).await.map(|_| ()),
+        }
+        .expect(sql);
+    }
+}
+
+async fn a_webhook_merged_during_a_sync_is_not_overwritten_by_it(backend: Backend) {
+    let app = app_with_step(backend, 3_000).await;
+    let (_, _, _, batch) = launched(&app).await;
+    const PHONE: &str = "+573138539151";
+    // Wait until ElevenLabs has Ana's call in progress, and what it is called.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let conversation = loop {
+        assert!(Instant::now() < deadline, "the call never started");
+        let remote = app.state.elevenlabs.get_batch(&batch).await.unwrap();
+        let ana = remote
+            .recipients
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.phone_number.as_deref() == Some(PHONE))
+            .expect("Ana is in the batch");
+        if ana.status == "in_progress" {
+            break ana
+                .conversation_id
+                .expect("a call in progress has a conversation");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The webhook says it completed, and is still being written when the sync runs.
+    let mut webhook = HeldWrite::begin(&app, backend).await;
+    webhook
+        .execute(&format!(
+            "UPDATE call_records SET status = 'completed', conversation_id = '{conversation}'
+             WHERE phone_e164 = '{PHONE}'"
+        ))
+        .await;
+    let worker = SyncWorker::with_owner(&app.state, "w");
+    let tick = tokio::spawn(async move { worker.tick().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    webhook.execute("COMMIT").await;
+    let report = tick.await.unwrap();
+    assert_eq!(report.synced, 1, "{report:?}");
+    // The batch's view (still in progress) lags behind the webhook: it stays completed.
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM call_records WHERE phone_e164 = '{PHONE}' AND status = 'completed' AND conversation_id = '{conversation}'"
+            ))
             .await,
         1
     );
