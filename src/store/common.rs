@@ -536,6 +536,17 @@ macro_rules! shared_store_impl {
                 Ok((group, inserted))
             }
 
+            async fn group_is_visible(&self, id: i64, scope: Scope) -> StoreResult<bool> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM groups WHERE id = $1 AND deleted_at IS NULL AND ($2 IS NULL OR created_by = $2)",
+                )
+                .bind(id)
+                .bind(scope.owner())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
             async fn get_group(&self, id: i64, scope: Scope) -> StoreResult<Option<Group>> {
                 let mut conn = self.pool.acquire().await?;
                 Ok(fetch_group(&mut *conn, id, scope).await?)

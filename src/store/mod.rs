@@ -103,6 +103,9 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     ) -> StoreResult<(Group, u64)>;
     /// A live group the scope can see.
     async fn get_group(&self, id: i64, scope: Scope) -> StoreResult<Option<Group>>;
+    /// Whether the group is live and within `scope`, without its counts (a
+    /// stream asks every second).
+    async fn group_is_visible(&self, id: i64, scope: Scope) -> StoreResult<bool>;
     async fn list_groups(&self, scope: Scope, query: &GroupQuery)
     -> StoreResult<(Vec<Group>, i64)>;
     /// Applies the patch; with `renumber`, every client's number is re-normalised
