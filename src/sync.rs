@@ -204,11 +204,21 @@ impl SyncWorker {
         let elevenlabs_id = match (&batch.elevenlabs_batch_id, batch.submit_state.as_str()) {
             (Some(id), _) => id.clone(),
             (None, "unknown") => match self.reconcile(batch).await? {
-                Some(id) => {
+                Reconciled::Found(id) => {
                     outcome.reconciled = true;
                     id
                 }
-                None => {
+                Reconciled::Lookalike => {
+                    // A batch of that name, agent and time calls other people:
+                    // perhaps ours, seen differently. Never given up on (that
+                    // would allow a relaunch while it may be dialling).
+                    tracing::warn!(
+                        batch = batch.id,
+                        "sync: an unverified submit has a lookalike at ElevenLabs with other recipients; kept unverified"
+                    );
+                    return Ok((outcome, now + interval));
+                }
+                Reconciled::NotFound => {
                     if (now - batch.created_at).num_seconds() > UNKNOWN_SUBMIT_GIVE_UP_SECS {
                         self.store
                             .resolve_unknown_submit(&self.owner, batch.id, None)
@@ -336,9 +346,10 @@ impl SyncWorker {
 
     /// Looks a timed-out submit up by its name in the workspace list. Found:
     /// the batch is recorded as submitted and its id returned.
-    async fn reconcile(&self, batch: &SyncBatch) -> anyhow::Result<Option<String>> {
+    async fn reconcile(&self, batch: &SyncBatch) -> anyhow::Result<Reconciled> {
         let created = batch.created_at.timestamp();
         let mut last_doc: Option<String> = None;
+        let mut lookalike = false;
         for _ in 0..RECONCILE_PAGES {
             let page = self
                 .elevenlabs
@@ -355,7 +366,8 @@ impl SyncWorker {
                 }
                 let full = self.elevenlabs.get_batch(&candidate.id).await?;
                 if !self.same_people(batch.id, &full).await? {
-                    // Another group's launch of the same name, agent and day.
+                    // Another group's launch of the same name, agent and day?
+                    lookalike = true;
                     continue;
                 }
                 let snapshot = snapshot_of(&full);
@@ -368,7 +380,7 @@ impl SyncWorker {
                         batch = batch.id,
                         "sync: timed-out submit found at ElevenLabs"
                     );
-                    return Ok(Some(candidate.id.clone()));
+                    return Ok(Reconciled::Found(candidate.id.clone()));
                 }
                 anyhow::bail!("lease lost");
             }
@@ -377,15 +389,20 @@ impl SyncWorker {
                 _ => break,
             }
         }
-        Ok(None)
+        Ok(if lookalike {
+            Reconciled::Lookalike
+        } else {
+            Reconciled::NotFound
+        })
     }
 }
 
 impl SyncWorker {
     /// Whether ElevenLabs' batch calls exactly the people of our unverified
-    /// attempt: as many recipients, and each of its numbers one of ours. A name
-    /// is only `Llamada <group> - <date>`, which two groups may share.
+    /// attempt: the same set of numbers (or, with no list to compare, as many).
+    /// A name is only `Llamada <group> - <date>`, which two groups may share.
     async fn same_people(&self, batch_id: i64, remote: &BatchCall) -> anyhow::Result<bool> {
+        use std::collections::HashSet;
         let (ours, total) = self
             .store
             .batch_recipients(
@@ -394,22 +411,25 @@ impl SyncWorker {
                 crate::http::calls::MAX_RECIPIENTS_PER_BATCH as i64,
             )
             .await?;
-        if remote.total_calls_scheduled != total {
-            return Ok(false);
-        }
         let Some(theirs) = &remote.recipients else {
-            // No list to compare: the count, name, agent and time must do.
-            return Ok(true);
+            return Ok(remote.total_calls_scheduled == total);
         };
-        let ours: std::collections::HashSet<&str> =
-            ours.iter().map(|r| r.phone_e164.as_str()).collect();
-        Ok(theirs.len() as i64 == total
-            && theirs.iter().all(|r| {
-                r.phone_number
-                    .as_deref()
-                    .is_some_and(|phone| ours.contains(phone))
-            }))
+        let ours: HashSet<&str> = ours.iter().map(|r| r.phone_e164.as_str()).collect();
+        let theirs: HashSet<&str> = theirs
+            .iter()
+            .filter_map(|r| r.phone_number.as_deref())
+            .collect();
+        Ok(ours == theirs)
     }
+}
+
+/// What a look-up of an unverified submit found.
+enum Reconciled {
+    /// Our batch, now recorded as submitted.
+    Found(String),
+    /// Only batches of the same name, agent and time that call other people.
+    Lookalike,
+    NotFound,
 }
 
 /// `interval × 2^failures`, at most ten minutes.

@@ -844,6 +844,21 @@ async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submi
         1,
         "still unverified: neither batch is ours"
     );
+    // Even long past the give-up time: a lookalike may be ours, so it is never
+    // given up on (that would allow a relaunch while it may be dialling).
+    app.db
+        .execute("UPDATE batches SET created_at = '2000-01-01T00:00:00Z', next_sync_at = NULL")
+        .await;
+    let report = worker.tick().await;
+    assert_eq!(report.reconciled, 0, "{report:?}");
+    assert_eq!(
+        app.db
+            .scalar(
+                "SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown' AND is_final = FALSE"
+            )
+            .await,
+        1
+    );
     // Ours, when it does show up, is found.
     let ours = submit_elsewhere(
         &app,
@@ -857,7 +872,7 @@ async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submi
     )
     .await;
     app.db
-        .execute("UPDATE batches SET next_sync_at = created_at")
+        .execute("UPDATE batches SET next_sync_at = NULL")
         .await;
     let report = worker.tick().await;
     assert_eq!(report.reconciled, 1, "{report:?}");
