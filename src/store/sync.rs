@@ -425,31 +425,53 @@ macro_rules! sync_store_impl {
                         tx.rollback().await?;
                         return Ok(None);
                     }
-                    // The records are compared and written in one transaction; on
-                    // PostgreSQL they are locked while it runs, so a webhook's
-                    // outcome merged meanwhile (it locks its record too) is either
-                    // seen here or applied after, never overwritten by an older
-                    // reading. (SQLite's write transaction already excludes it.)
-                    let lock = if <$db as sqlx::Database>::NAME == "PostgreSQL" { " FOR UPDATE" } else { "" };
-                    let rows = sqlx::query(&format!(
-                        "SELECT id, recipient_id, phone_e164, status, conversation_id FROM call_records WHERE batch_id = $1 ORDER BY id{lock}"
-                    ))
-                    .bind(batch_id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let current = rows
-                        .iter()
-                        .map(|row| {
-                            Ok(CurrentCall {
-                                id: row.try_get("id")?,
-                                recipient_id: row.try_get("recipient_id")?,
-                                phone_e164: row.try_get("phone_e164")?,
-                                status: row.try_get("status")?,
-                                conversation_id: row.try_get("conversation_id")?,
+                    let read = |rows: Vec<<$db as sqlx::Database>::Row>| {
+                        rows.iter()
+                            .map(|row| {
+                                Ok(CurrentCall {
+                                    id: row.try_get("id")?,
+                                    recipient_id: row.try_get("recipient_id")?,
+                                    phone_e164: row.try_get("phone_e164")?,
+                                    status: row.try_get("status")?,
+                                    conversation_id: row.try_get("conversation_id")?,
+                                })
                             })
-                        })
-                        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-                    let (changes, unmatched) = diff_recipients(&current, &snapshot.recipients, now);
+                            .collect::<Result<Vec<_>, sqlx::Error>>()
+                    };
+                    const COLUMNS: &str = "SELECT id, recipient_id, phone_e164, status, conversation_id FROM call_records";
+                    let mut current = read(
+                        sqlx::query(&format!("{COLUMNS} WHERE batch_id = $1 ORDER BY id"))
+                            .bind(batch_id)
+                            .fetch_all(&mut *tx)
+                            .await?,
+                    )?;
+                    let (mut changes, mut unmatched) = diff_recipients(&current, &snapshot.recipients, now);
+                    if <$db as sqlx::Database>::NAME == "PostgreSQL" && !changes.is_empty() {
+                        // A webhook may be merging an outcome into one of these
+                        // records right now (it locks its record). Lock the records
+                        // about to change, read them again and compare again: a
+                        // merge is then either seen here or applied after, never
+                        // overwritten by the older reading. (SQLite's write
+                        // transaction already keeps webhooks out.)
+                        let ids = changes
+                            .iter()
+                            .map(|c| c.record_id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        let fresh = read(
+                            sqlx::query(&format!("{COLUMNS} WHERE id IN ({ids}) ORDER BY id FOR UPDATE"))
+                                .fetch_all(&mut *tx)
+                                .await?,
+                        )?;
+                        let at: std::collections::HashMap<i64, usize> =
+                            current.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+                        for row in fresh {
+                            if let Some(&i) = at.get(&row.id) {
+                                current[i] = row;
+                            }
+                        }
+                        (changes, unmatched) = diff_recipients(&current, &snapshot.recipients, now);
+                    }
                     if !changes.is_empty() {
                         Self::update_call_statuses(&mut tx, now, &changes).await?;
                         sqlx::query(COMPLETE_CLIENTS)
