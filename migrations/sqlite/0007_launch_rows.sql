@@ -39,6 +39,11 @@ CREATE TABLE call_records_new (
 );
 INSERT INTO call_records_new (id, batch_id, group_id, client_id, recipient_id, phone_e164, status, conversation_id, duration_secs, call_successful, transcript_summary, termination_reason, data_collection, evaluation, transcript, failure_reason, started_at, ended_at, conversation_fetched_at, created_at, updated_at)
 SELECT id, batch_id, group_id, client_id, recipient_id, phone_e164, status, conversation_id, duration_secs, call_successful, transcript_summary, termination_reason, data_collection, evaluation, transcript, failure_reason, started_at, ended_at, conversation_fetched_at, created_at, updated_at FROM call_records ORDER BY id;
+-- Ids go on from the old table's counter, also when its newest rows were deleted.
+DELETE FROM sqlite_sequence WHERE name = 'call_records_new';
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'call_records_new', MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'call_records'), 0),
+                               COALESCE((SELECT MAX(id) FROM call_records_new), 0));
 DROP TABLE call_records;
 ALTER TABLE call_records_new RENAME TO call_records;
 CREATE INDEX call_records_batch_created_idx ON call_records (batch_id, created_at);

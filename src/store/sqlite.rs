@@ -161,6 +161,8 @@ impl SqliteStore {
         const PAGE: i64 = 10_000;
         let mut clients = Vec::new();
         let mut after = 0_i64;
+        // One read transaction: all pages see the same clients.
+        let mut tx = pool.begin().await?;
         loop {
             let page: Option<String> = sqlx::query_scalar(
                 "SELECT json_group_array(json_array(id, name, phone_e164, email, json(variables)))
@@ -170,7 +172,7 @@ impl SqliteStore {
             .bind(group_id)
             .bind(after)
             .bind(PAGE)
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await?;
             let rows = launch_page(page.as_deref()).map_err(|e| sqlx::Error::Decode(e.into()))?;
             let Some(last) = rows.last().map(|c| c.id) else {
@@ -183,6 +185,7 @@ impl SqliteStore {
             }
             after = last;
         }
+        tx.rollback().await?;
         Ok(clients)
     }
 
@@ -298,7 +301,12 @@ mod tests {
             .copied()
             .collect();
         store.run_migrations(&before).await.unwrap();
-        for (id, status) in [(5, "completed"), (6, "pending"), (40, "failed")] {
+        for (id, status) in [
+            (5, "completed"),
+            (6, "pending"),
+            (40, "failed"),
+            (41, "failed"),
+        ] {
             sqlx::query(
                 "INSERT INTO call_records (id, batch_id, group_id, client_id, recipient_id, phone_e164, status, created_at, updated_at)
                  VALUES ($1, 1, 1, $1, 'r', '+573001234567', $2, '2026-11-30T05:00:00Z', '2026-11-30T05:00:00Z')",
@@ -309,6 +317,11 @@ mod tests {
             .await
             .unwrap();
         }
+        // The newest record deleted: its id must not come back.
+        sqlx::query("DELETE FROM call_records WHERE id = 41")
+            .execute(&store.pool)
+            .await
+            .unwrap();
         let rollup = |store: &SqliteStore| {
             let pool = store.pool.clone();
             async move {
@@ -359,7 +372,7 @@ mod tests {
         .fetch_one(&store.pool)
         .await
         .unwrap();
-        assert_eq!(new_id, 41);
+        assert_eq!(new_id, 42);
         assert_eq!(
             rollup(&store).await,
             [
