@@ -1,6 +1,7 @@
 //! `POST /api/groups/:id/call`: the seed endpoint (API.md §5). The ten checks
 //! run in the contract's order and nothing is submitted before all pass.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -431,47 +432,33 @@ pub struct Shared {
     pub group_name: String,
 }
 
+/// The variables every call gets from its client row and group, in the order
+/// they are written; each wins over a client column or group default of its name.
+const BUILTINS: [&str; 5] = ["name", "phone_number", "email", "client_id", "group_name"];
+
 impl Recipient {
-    /// Whether the built-in `key` is set for this recipient (it then wins over
-    /// the client's column and the group's default of that name).
-    fn builtin(&self, key: &str) -> bool {
+    /// The built-in `key`'s value for this recipient, if it is a built-in and
+    /// set (`name` and `email` only when the client has them).
+    fn builtin<'a>(&'a self, key: &str, shared: &'a Shared) -> Option<Cow<'a, str>> {
         match key {
-            "name" => self.name.is_some(),
-            "email" => self.email.is_some(),
-            "phone_number" | "client_id" | "group_name" => true,
-            _ => false,
+            "name" => self.name.as_deref().map(Cow::Borrowed),
+            "phone_number" => Some(Cow::Borrowed(&self.phone)),
+            "email" => self.email.as_deref().map(Cow::Borrowed),
+            "client_id" => Some(Cow::Owned(self.client_id.to_string())),
+            "group_name" => Some(Cow::Borrowed(&shared.group_name)),
+            _ => None,
         }
     }
 
     /// Whether `{{key}}` would reach the agent absent, null or blank.
     pub fn lacks(&self, key: &str, shared: &Shared) -> bool {
-        let blank = |v: Option<&Value>| match v {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s.trim().is_empty(),
-            Some(_) => false,
-        };
-        match key {
-            "name" if self.name.is_some() => {
-                self.name.as_deref().is_none_or(|s| s.trim().is_empty())
-            }
-            "email" if self.email.is_some() => {
-                self.email.as_deref().is_none_or(|s| s.trim().is_empty())
-            }
-            "phone_number" => self.phone.trim().is_empty(),
-            "client_id" => false,
-            "group_name" => shared.group_name.trim().is_empty(),
-            _ => blank(self.own.get(key).or_else(|| shared.defaults.get(key))),
-        }
-    }
-
-    /// This recipient's `dynamic_variables`, as sent to ElevenLabs.
-    pub fn variables(&self, shared: &Shared) -> Map<String, Value> {
-        match serde_json::to_value(DynamicVariables {
-            recipient: self,
-            shared,
-        }) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
+        match self.builtin(key, shared) {
+            Some(text) => text.trim().is_empty(),
+            None => match self.own.get(key).or_else(|| shared.defaults.get(key)) {
+                None | Some(Value::Null) => true,
+                Some(Value::String(s)) => s.trim().is_empty(),
+                Some(_) => false,
+            },
         }
     }
 }
@@ -510,27 +497,23 @@ struct DynamicVariables<'a> {
 
 impl Serialize for DynamicVariables<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let r = self.recipient;
+        let (r, shared) = (self.recipient, self.shared);
         let mut map = serializer.serialize_map(None)?;
-        for (k, v) in &self.shared.defaults {
-            if !r.own.contains_key(k) && !r.builtin(k) {
+        for (k, v) in &shared.defaults {
+            if !r.own.contains_key(k) && r.builtin(k, shared).is_none() {
                 map.serialize_entry(k, v)?;
             }
         }
         for (k, v) in &r.own {
-            if !r.builtin(k) {
+            if r.builtin(k, shared).is_none() {
                 map.serialize_entry(k, v)?;
             }
         }
-        if let Some(name) = &r.name {
-            map.serialize_entry("name", name)?;
+        for key in BUILTINS {
+            if let Some(value) = r.builtin(key, shared) {
+                map.serialize_entry(key, &value)?;
+            }
         }
-        map.serialize_entry("phone_number", &r.phone)?;
-        if let Some(email) = &r.email {
-            map.serialize_entry("email", email)?;
-        }
-        map.serialize_entry("client_id", &format_args!("{}", r.client_id))?;
-        map.serialize_entry("group_name", &self.shared.group_name)?;
         map.end()
     }
 }
@@ -957,7 +940,6 @@ mod tests {
         for key in ["\"monto\"", "\"name\"", "\"client_id\"", "\"email\""] {
             assert_eq!(text.matches(key).count(), 1, "{key} in {text}");
         }
-        assert_eq!(ana.variables(&shared)["monto"], json!("150000"));
     }
 
     #[test]
