@@ -894,7 +894,7 @@ impl Simulator {
         }
     }
 
-    fn submit(&self, mut body: Value) -> Response {
+    fn submit(&self, body: Value) -> Response {
         let problems = validate_submit(&body);
         if !problems.is_empty() {
             return unprocessable(problems);
@@ -930,9 +930,9 @@ impl Simulator {
         let start_ms = scheduled.map_or(now, |s| (s * 1000).max(now));
         let step = self.step_ms();
         let recipients = body["recipients"]
-            .as_array_mut()
+            .as_array()
             .map(|list| {
-                list.iter_mut()
+                list.iter()
                     .enumerate()
                     .map(|(i, r)| Recipient {
                         id: format!("{id}_r_{i}"),
