@@ -66,14 +66,19 @@ async fn spawn(
     }
     let child = command.spawn().expect("server starts");
     let base = format!("http://127.0.0.1:{port}");
+    wait_until_answers(&format!("{base}/health")).await;
+    (child, base)
+}
+
+/// Waits (up to 10 s) until `url` answers at all, whatever its status.
+async fn wait_until_answers(url: &str) {
     let probe = reqwest::Client::new();
     for _ in 0..200 {
-        if probe.get(format!("{base}/health")).send().await.is_ok() {
-            break;
+        if probe.get(url).send().await.is_ok() {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (child, base)
 }
 
 /// Registers (first start) or logs in (restart) the benchmark user; returns its token.
@@ -133,18 +138,7 @@ impl SimulatorProcess {
             .spawn()
             .expect("simulator starts");
         let base_url = format!("http://127.0.0.1:{port}");
-        let probe = reqwest::Client::new();
-        for _ in 0..200 {
-            if probe
-                .get(format!("{base_url}/v1/convai/agents"))
-                .send()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_answers(&format!("{base_url}/v1/convai/agents")).await;
         SimulatorProcess { child, base_url }
     }
 
