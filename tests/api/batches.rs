@@ -671,35 +671,17 @@ async fn a_timed_out_submit_is_found_by_name_or_given_up(backend: Backend) {
     // Whether or not the slow request got through, ElevenLabs holds a batch of that name.
     tokio::time::sleep(Duration::from_millis(1800)).await;
     if sim.batch_count() == 0 {
-        let name = format!(
-            "Llamada Lento - {}",
-            chrono::Utc::now()
-                .with_timezone(&chrono_tz::America::Bogota)
-                .format("%d/%m/%Y")
-        );
-        app.state
-            .elevenlabs
-            .submit_batch(&SubmitBatch {
-                call_name: name,
-                agent_id: SIM_AGENT_COBRANZA.into(),
-                agent_phone_number_id: marcador::elevenlabs::simulator::SIM_PHONE_ASSIGNED.into(),
-                scheduled_time_unix: None,
-                recipients: [
-                    "+573138539151",
-                    "+573138539152",
-                    "+573138539158",
-                    "+573138539159",
-                ]
-                .iter()
-                .map(|p| OutboundRecipient {
-                    id: None,
-                    phone_number: (*p).into(),
-                    conversation_initiation_client_data: None,
-                })
-                .collect(),
-            })
-            .await
-            .expect("submitted");
+        submit_elsewhere(
+            &app,
+            &call_name_today("Lento"),
+            &[
+                "+573138539151",
+                "+573138539152",
+                "+573138539158",
+                "+573138539159",
+            ],
+        )
+        .await;
     }
     let worker = SyncWorker::with_owner(&app.state, "w");
     let report = worker.tick().await;
@@ -750,6 +732,16 @@ async fn a_timed_out_submit_is_found_by_name_or_given_up(backend: Backend) {
             .await,
         4
     );
+}
+
+/// The name a launch of `group` gets today (the groups here are in Bogotá's time zone).
+fn call_name_today(group: &str) -> String {
+    format!(
+        "Llamada {group} - {}",
+        chrono::Utc::now()
+            .with_timezone(&chrono_tz::America::Bogota)
+            .format("%d/%m/%Y")
+    )
 }
 
 /// Submits a batch straight to the simulator, as another group's launch would.
@@ -806,12 +798,7 @@ async fn a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submi
         .await;
     assert_eq!(reply.status, 502, "{}", reply.body);
     assert_eq!(sim.batch_count(), 0);
-    let name = format!(
-        "Llamada Cartera - {}",
-        chrono::Utc::now()
-            .with_timezone(&chrono_tz::America::Bogota)
-            .format("%d/%m/%Y")
-    );
+    let name = call_name_today("Cartera");
     assert_eq!(
         app.db
             .scalar(&format!(
@@ -967,17 +954,23 @@ async fn a_webhook_merged_during_a_sync_is_not_overwritten_by_it(backend: Backen
     );
 }
 
-async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
-    let app = app_with_step(backend, 600_000).await;
-    let (token, _, group, batch) = launched(&app).await;
-    let mut response = app
+/// Opens the batch's event stream; it must answer 200.
+async fn open_stream(app: &TestApp, token: &str, group: i64, batch: &str) -> reqwest::Response {
+    let response = app
         .client
         .get(app.url(&format!("/api/groups/{group}/batch-status/{batch}/stream")))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
         .expect("stream");
     assert_eq!(response.status(), 200);
+    response
+}
+
+async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
+    let app = app_with_step(backend, 600_000).await;
+    let (token, _, group, batch) = launched(&app).await;
+    let mut response = open_stream(&app, &token, group, &batch).await;
     let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
         .await
         .expect("a first event")
@@ -1014,14 +1007,7 @@ async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
 async fn the_stream_reports_progress_and_the_end(backend: Backend) {
     let app = app_with_step(backend, 100).await;
     let (token, _, group, batch) = launched(&app).await;
-    let mut response = app
-        .client
-        .get(app.url(&format!("/api/groups/{group}/batch-status/{batch}/stream")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("stream");
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&app, &token, group, &batch).await;
     assert!(
         response
             .headers()
