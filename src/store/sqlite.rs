@@ -83,7 +83,6 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// Multi-row `INSERT`s of 1,000 rows (8,000 parameters, under SQLite's limit).
     /// Clients per `INSERT` statement: 1,000 rows of 12 values stays under
     /// SQLite's limit of 32,766 bound parameters.
     const CLIENT_INSERT_CHUNK: usize = super::common::INSERT_CHUNK;
