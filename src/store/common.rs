@@ -12,6 +12,7 @@
 //! - `async fn lock_first_user(tx)`: serialise "is this the first user?" decisions;
 //! - `async fn lock_migrations(tx)`: keep other instances out while migrating;
 //! - `async fn insert_call_records(tx, …)`: the bulk load of a batch's recipients;
+//! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
 //! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch.
 
 pub(crate) const USER_COLUMNS: &str =
@@ -878,14 +879,7 @@ macro_rules! shared_store_impl {
                 .await?;
                 Self::insert_call_records(&mut tx, id, batch.group_id, now, calls).await?;
                 // The people in a batch have been contacted (API.md §4 client status).
-                sqlx::query(
-                    "UPDATE clients SET status = 'contacted', updated_at = $2
-                     WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                Self::mark_contacted(&mut tx, id, now, calls).await?;
                 tx.commit().await?;
                 Ok(id)
             }

@@ -8,9 +8,12 @@
 //! 1. the batch (`batches.elevenlabs_batch_id` = `batch_call_id`) and the
 //!    recipient id (we send our client id as the recipient `id`);
 //! 2. the conversation id;
-//! 3. the batch and our `client_id` dynamic variable (when ElevenLabs replaced
-//!    the recipient id by its own);
-//! 4. the batch and the number called;
+//! 3. the batch and our `client_id` dynamic variable (ElevenLabs names its
+//!    recipients with ids of its own, which the sync stores in place of ours
+//!    once it has seen them; the call record's `client_id` never changes);
+//! 4. the batch and the number called (read through the batch's own rows: no
+//!    index of its own, as every launch would pay for it and a webhook almost
+//!    never gets this far);
 //! 5. without a batch (a `call_initiation_failure` carries none): the call
 //!    record of that client id *and* number that is not final yet, one being
 //!    dialled first, then the newest; never one of a batch scheduled for later.
@@ -151,10 +154,17 @@ macro_rules! outcome_store_impl {
                         return Ok(Some(id));
                     }
                 }
+                // Our client id, as we sent it; anything else names no client of ours.
+                let client = o.client_id.as_deref().and_then(|c| c.trim().parse::<i64>().ok());
                 if let Some(batch) = batch {
-                    if let Some(client) = o.client_id.as_deref() {
-                        let sql = format!("{IN_BATCH} r.recipient_id = $2 ORDER BY r.id LIMIT 1");
-                        if let Some(id) = first_id(conn, &sql, batch, Some(client)).await? {
+                    if let Some(client) = client {
+                        let sql = format!("{IN_BATCH} r.client_id = $2 ORDER BY r.id LIMIT 1");
+                        let found = sqlx::query_scalar::<_, i64>(&sql)
+                            .bind(batch.to_owned())
+                            .bind(client)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                        if let Some(id) = found {
                             return Ok(Some(id));
                         }
                     }
@@ -166,19 +176,23 @@ macro_rules! outcome_store_impl {
                     }
                     return Ok(None);
                 }
-                if let (Some(client), Some(phone)) = (o.client_id.as_deref(), o.phone_number.as_deref()) {
+                if let (Some(client), Some(phone)) = (client, o.phone_number.as_deref()) {
                     // A call being dialled first; never one of a batch scheduled
                     // for later (it has not been dialled yet).
                     let soon = chrono::Utc::now().timestamp() + 60;
                     let sql = format!(
                         "SELECT r.id FROM call_records r JOIN batches b ON b.id = r.batch_id
-                         WHERE r.recipient_id = $1 AND r.phone_e164 = $2 AND r.status NOT IN {FINALS}
+                         WHERE r.client_id = $1 AND r.phone_e164 = $2 AND r.status NOT IN {FINALS}
                            AND (b.scheduled_time_unix IS NULL OR b.scheduled_time_unix <= {soon})
                          ORDER BY CASE WHEN r.status IN ('dispatched', 'initiated', 'in_progress') THEN 0 ELSE 1 END,
                                   r.id DESC
                          LIMIT 1"
                     );
-                    return first_id(conn, &sql, client, Some(phone)).await;
+                    return sqlx::query_scalar::<_, i64>(&sql)
+                        .bind(client)
+                        .bind(phone.to_owned())
+                        .fetch_optional(&mut *conn)
+                        .await;
                 }
                 Ok(None)
             }

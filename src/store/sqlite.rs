@@ -40,6 +40,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         "launch_rows",
         include_str!("../../migrations/sqlite/0007_launch_rows.sql"),
     ),
+    (
+        8,
+        "webhook_lookups",
+        include_str!("../../migrations/sqlite/0008_webhook_lookups.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -145,6 +150,24 @@ impl SqliteStore {
         .bind(group_id)
         .bind(now)
         .bind(rows)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The clients of the batch's call records just inserted.
+    async fn mark_contacted(
+        tx: &mut Transaction<'_, Sqlite>,
+        batch_id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        _calls: &[crate::store::NewCallRecord],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE clients SET status = 'contacted', updated_at = $2
+             WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
+        )
+        .bind(batch_id)
+        .bind(now)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -27,6 +27,8 @@ both_backends!(
     an_initiation_failure_marks_the_call_failed_with_its_reason,
     a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call,
     an_initiation_failure_never_lands_on_a_batch_scheduled_for_later,
+    a_transcription_before_the_sync_is_found_by_our_client_id,
+    an_initiation_failure_after_the_sync_renamed_the_recipients_still_finds_its_call,
     an_event_for_an_unknown_call_is_accepted_and_writes_nothing,
     without_a_secret_the_webhook_is_unavailable,
     malformed_json_with_a_valid_signature_is_a_bad_request,
@@ -579,6 +581,84 @@ async fn an_initiation_failure_never_lands_on_a_batch_scheduled_for_later(backen
         "tomorrow's call untouched"
     );
     assert_eq!(statuses[1][1], None);
+}
+
+/// Before the sync has seen the batch, ElevenLabs' recipient id is unknown to
+/// us; the `client_id` variable we sent names the call (no number given here,
+/// so the last resort cannot find it instead).
+async fn a_transcription_before_the_sync_is_found_by_our_client_id(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let luis = client_id(&app, LUIS).await;
+    let mut data = conversation(&batch, "rcp_elevenlabs_own_id", LUIS, "conv_luis_2");
+    data["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("phone_call");
+    data["conversation_initiation_client_data"] =
+        json!({"dynamic_variables": {"client_id": luis.to_string(), "name": "Luis"}});
+    let reply = post_signed(&app, &event("post_call_transcription", data.clone())).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    let row = call_row(&app, LUIS).await;
+    assert_eq!(row.status.as_deref(), Some("completed"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv_luis_2"));
+    assert_pending(&call_row(&app, ANA).await);
+
+    // A `client_id` that is not one of ours names nothing: accepted, nothing written.
+    let before = snapshot(&app).await;
+    data["conversation_id"] = json!("conv_other");
+    data["conversation_initiation_client_data"] =
+        json!({"dynamic_variables": {"client_id": "cli_ajeno"}});
+    let reply = post_signed(&app, &event("post_call_transcription", data)).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "unknown_call");
+    assert_eq!(snapshot(&app).await, before);
+}
+
+/// The sync stores ElevenLabs' own recipient ids in place of ours; an
+/// initiation failure (no batch id, a conversation the sync has not seen)
+/// still finds its call by our client id and the number.
+async fn an_initiation_failure_after_the_sync_renamed_the_recipients_still_finds_its_call(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |c| {
+        c.elevenlabs_webhook_secret = Some(Secret::new(SECRET));
+        // Nobody is dialled while the test runs.
+        c.simulator_step_ms = 600_000;
+    })
+    .await;
+    launch(&app).await;
+    let luis = client_id(&app, LUIS).await;
+    let report = marcador::sync::SyncWorker::with_owner(&app.state, "w")
+        .tick()
+        .await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    let recipient = rows(
+        &app.db,
+        &format!("SELECT recipient_id FROM call_records WHERE client_id = {luis}"),
+    )
+    .await;
+    assert_eq!(recipient.len(), 1);
+    assert!(
+        recipient[0][0]
+            .as_deref()
+            .is_some_and(|r| r != luis.to_string()),
+        "the sync stored ElevenLabs' id: {recipient:?}"
+    );
+    let body = event(
+        "call_initiation_failure",
+        json!({"agent_id": SIM_AGENT_COBRANZA, "conversation_id": "conv_unseen", "failure_reason": "no-answer",
+               "metadata": {"type": "twilio", "body": {"To": LUIS, "CallStatus": "no-answer"}},
+               "conversation_initiation_client_data": {"dynamic_variables": {"client_id": luis.to_string()}}}),
+    );
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    let row = call_row(&app, LUIS).await;
+    assert_eq!(row.status.as_deref(), Some("failed"));
+    assert_eq!(row.conversation_id.as_deref(), Some("conv_unseen"));
+    assert_pending(&call_row(&app, ANA).await);
 }
 
 async fn an_event_for_an_unknown_call_is_accepted_and_writes_nothing(backend: Backend) {
