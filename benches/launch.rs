@@ -6,7 +6,8 @@
 //! `cargo run` with no API key, whose work and memory count as the server's).
 //!
 //! `cargo bench --bench launch` (`BENCH_ROWS` changes the group size,
-//! `BENCH_SIMULATOR=process` or `in-process` runs only that placement).
+//! `BENCH_SIMULATOR=process` or `in-process` runs only that placement,
+//! `BENCH_BACKENDS=postgres` only that backend).
 
 mod common;
 
@@ -98,11 +99,12 @@ fn main() {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let only = std::env::var("BENCH_SIMULATOR").ok();
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     for placement in ["process", "in-process"] {
         if only.as_deref().is_some_and(|o| o != placement) {
             continue;
         }
-        for backend in ["sqlite", "postgres"] {
+        for backend in backends.split(',') {
             runtime.block_on(run(backend, placement, csv.as_bytes()));
         }
     }
