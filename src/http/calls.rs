@@ -46,6 +46,7 @@ const MSG_NO_RECIPIENTS: &str =
 const MSG_DOUBLE: &str = "Ya se iniciaron llamadas para este grupo hace un momento";
 const MSG_UNVERIFIED: &str = "Un envío anterior de este grupo aún se está verificando con ElevenLabs (pudo haberse creado); se resolverá automáticamente en unos minutos.";
 const MSG_SUBMIT: &str = "Error iniciando las llamadas";
+const MSG_RESUME: &str = "Las partes enviadas ya están en curso. Para llamar solo a los clientes que faltan, vuelve a iniciar las llamadas con \"onlyUncalled\": true.";
 const MSG_KEY_REUSED: &str = "La clave de idempotencia ya se usó con otra petición";
 const MSG_BAD_KEY: &str = "La clave de idempotencia debe tener entre 1 y 200 caracteres";
 
@@ -67,6 +68,9 @@ pub struct CallRequest {
     /// Unix seconds; `null` starts now.
     #[schema(value_type = Option<i64>)]
     pub scheduled_time_unix: Option<Value>,
+    /// `true`: only the clients no batch has included yet (the rest of a launch
+    /// that stopped half-way, or clients added since). Default `false`: everyone.
+    pub only_uncalled: Option<bool>,
 }
 
 fn positive_int(value: &Value) -> Option<i64> {
@@ -254,6 +258,14 @@ async fn launch(
             _ => upstream_error(MSG_AGENT_CHECK, &e),
         })?;
     let started = std::time::Instant::now();
+    let only_uncalled = request.only_uncalled.unwrap_or(false);
+    // The list of clients is only good while no other batch of the group is
+    // created; the double-launch check below holds it to that.
+    let read_at = Utc::now();
+    let called = match only_uncalled {
+        true => Some(state.store.called_client_ids(group.id).await?),
+        false => None,
+    };
     let clients = state.store.launch_clients(group.id).await?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -262,7 +274,7 @@ async fn launch(
     );
     let numbers: Vec<String> = clients.iter().map(|c| c.phone_e164.clone()).collect();
     let blocked = state.store.do_not_call_among(&numbers).await?;
-    let plan = plan_recipients(&group, clients, &blocked);
+    let plan = plan_recipients(&group, clients, &blocked, called.as_ref());
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "launch: recipients planned"
@@ -280,7 +292,14 @@ async fn launch(
             .with_error(format!("Variables faltantes: {detail}")));
     }
     if plan.recipients.is_empty() {
-        return Err(ApiError::bad_request(MSG_NO_RECIPIENTS));
+        let mut refusal = ApiError::bad_request(MSG_NO_RECIPIENTS);
+        if plan.already_called > 0 {
+            refusal = refusal.with_error(format!(
+                "{} clientes ya fueron incluidos en una llamada (onlyUncalled)",
+                plan.already_called
+            ));
+        }
+        return Err(refusal);
     }
     // 10: one launch at a time, and none twice within the window.
     let now = Utc::now();
@@ -300,10 +319,14 @@ async fn launch(
         // Without a key, no launch within the window; with or without one, none
         // while an earlier submit of the group is still being verified (it may
         // have been created at ElevenLabs).
-        let since = match idempotency_key {
-            None => now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64),
-            Some(_) => now,
-        };
+        let window = chrono::Duration::seconds(state.config.duplicate_window_secs as i64);
+        let since = duplicate_since(
+            idempotency_key.is_some(),
+            only_uncalled,
+            now,
+            read_at,
+            window,
+        );
         if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
             let mut conflict =
                 ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier}));
@@ -342,6 +365,26 @@ async fn launch(
         tracing::error!(error = %err, "launch: the group's launch lock could not be released");
     }
     result
+}
+
+/// Batches of the group created since this instant make the launch a
+/// duplicate (409). Without a key: any within the window. With a key: none but
+/// those still being verified (the caller vouches for the retry). Only the
+/// uncalled: any created after their list was read, since it would then name
+/// people that batch is calling; otherwise such a launch needs no window, as
+/// repeating it finds nobody left to call.
+fn duplicate_since(
+    keyed: bool,
+    only_uncalled: bool,
+    now: chrono::DateTime<Utc>,
+    read_at: chrono::DateTime<Utc>,
+    window: chrono::Duration,
+) -> chrono::DateTime<Utc> {
+    match (only_uncalled, keyed) {
+        (true, _) => read_at,
+        (false, false) => now - window,
+        (false, true) => now,
+    }
 }
 
 /// ElevenLabs may have created the batch although the submit failed: the
@@ -525,6 +568,9 @@ pub struct Plan {
     pub invalid_phone: usize,
     pub do_not_call: usize,
     pub duplicate: usize,
+    /// Left out by `onlyUncalled` (always 0 when it was not asked for).
+    pub already_called: usize,
+    pub only_uncalled: bool,
 }
 
 fn looks_e164(phone: &str) -> bool {
@@ -539,6 +585,7 @@ pub fn plan_recipients(
     group: &Group,
     clients: Vec<LaunchClient>,
     blocked: &HashSet<String>,
+    called: Option<&HashSet<i64>>,
 ) -> Plan {
     let defaults: Map<String, Value> = group
         .variables
@@ -556,11 +603,15 @@ pub fn plan_recipients(
         invalid_phone: 0,
         do_not_call: 0,
         duplicate: 0,
+        already_called: 0,
+        only_uncalled: called.is_some(),
     };
     let mut seen: HashSet<&str> = HashSet::with_capacity(clients.len());
     let mut kept = Vec::with_capacity(clients.len());
     for (index, client) in clients.iter().enumerate() {
-        if !looks_e164(&client.phone_e164) {
+        if called.is_some_and(|c| c.contains(&client.id)) {
+            plan.already_called += 1;
+        } else if !looks_e164(&client.phone_e164) {
             plan.invalid_phone += 1;
         } else if blocked.contains(&client.phone_e164) {
             plan.do_not_call += 1;
@@ -696,12 +747,17 @@ async fn submit(
     let mut batch_ids: Vec<String> = Vec::with_capacity(parts);
     let mut first_batch: Option<Value> = None;
     let recipients_count = plan.recipients.len();
-    let excluded = (
-        plan.invalid_phone,
-        plan.do_not_call,
-        plan.duplicate,
-        plan.total,
-    );
+    let mut excluded = json!({
+        "invalidPhone": plan.invalid_phone,
+        "doNotCall": plan.do_not_call,
+        "duplicate": plan.duplicate,
+    });
+    if plan.only_uncalled {
+        excluded["alreadyCalled"] = json!(plan.already_called);
+    }
+    let excluded_count =
+        plan.invalid_phone + plan.do_not_call + plan.duplicate + plan.already_called;
+    let total = plan.total;
     let shared = plan.shared;
     let mut remaining = plan.recipients.into_iter();
     // Parts being stored while the next one is submitted: two at a time (more
@@ -808,7 +864,12 @@ async fn submit(
                     });
                 }
                 if !batch_ids.is_empty() {
-                    api = api.with_data(json!({"batchIds": batch_ids}));
+                    api = api.with_data(json!({
+                        "batchIds": batch_ids,
+                        "partsSent": batch_ids.len(),
+                        "partsTotal": parts,
+                        "resume": MSG_RESUME,
+                    }));
                 }
                 return Err(api);
             }
@@ -818,7 +879,6 @@ async fn submit(
         finish_record(oldest, &batch_ids).await?;
     }
     let batch_data = first_batch.unwrap_or(Value::Null);
-    let (invalid_phone, do_not_call, duplicate, total) = excluded;
     Ok(json!({
         "success": true,
         "message": format!("Llamadas iniciadas exitosamente para el grupo \"{}\"", group.name),
@@ -835,8 +895,8 @@ async fn submit(
             "phoneNumberId": phone_number_id,
             "scheduledTimeUnix": scheduled,
             "totalClientsInGroup": total,
-            "excludedClients": invalid_phone + do_not_call + duplicate,
-            "excluded": {"invalidPhone": invalid_phone, "doNotCall": do_not_call, "duplicate": duplicate},
+            "excludedClients": excluded_count,
+            "excluded": excluded,
         }
     }))
 }
@@ -873,6 +933,69 @@ mod tests {
             check_schedule(Some(&json!("mañana"))).unwrap_err().message,
             MSG_NOT_FUTURE
         );
+    }
+
+    #[test]
+    fn a_launch_is_a_duplicate_of_the_batches_its_list_of_clients_did_not_see() {
+        let now = Utc::now();
+        let read_at = now - chrono::Duration::milliseconds(300);
+        let window = chrono::Duration::seconds(120);
+        // Without a key: the window.
+        assert_eq!(
+            duplicate_since(false, false, now, read_at, window),
+            now - window
+        );
+        // With a key: only what is still being verified.
+        assert_eq!(duplicate_since(true, false, now, read_at, window), now);
+        // Only the uncalled, with or without a key: any batch after the list
+        // was read (it would have named people that batch calls).
+        assert_eq!(duplicate_since(false, true, now, read_at, window), read_at);
+        assert_eq!(duplicate_since(true, true, now, read_at, window), read_at);
+    }
+
+    #[test]
+    fn only_uncalled_leaves_out_the_called_before_any_other_reason() {
+        let group = Group {
+            id: 1,
+            name: "G".into(),
+            description: None,
+            prompt: None,
+            color: "#3B82F6".into(),
+            favorite: false,
+            idioma: "es".into(),
+            variables: Map::new(),
+            prefix: "+57".into(),
+            selected_country_code: "CO".into(),
+            first_message: None,
+            phone_number_id: None,
+            agent_id: None,
+            timezone: "America/Bogota".into(),
+            created_by: 1,
+            clients_count: 3,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            batch_call_stats: Default::default(),
+        };
+        let client = |id: i64, phone: &str| LaunchClient {
+            id,
+            name: Some(format!("C{id}")),
+            phone_e164: phone.into(),
+            email: None,
+            variables: Map::new(),
+        };
+        let clients = vec![
+            client(1, "+573001112233"),
+            client(2, "no-es-un-numero"),
+            client(3, "+573001112234"),
+        ];
+        let called: HashSet<i64> = [1, 2].into_iter().collect();
+        let plan = plan_recipients(&group, clients, &HashSet::new(), Some(&called));
+        assert_eq!(plan.already_called, 2);
+        assert_eq!(plan.invalid_phone, 0);
+        assert_eq!(plan.total, 3);
+        assert!(plan.only_uncalled);
+        let ids: Vec<i64> = plan.recipients.iter().map(|r| r.client_id).collect();
+        assert_eq!(ids, [3]);
     }
 
     #[test]

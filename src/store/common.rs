@@ -15,6 +15,17 @@
 //! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
 //! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch.
 
+/// A client (`clients`) some batch has included: it has a call record in a
+/// batch that reached ElevenLabs (a timed-out submit that was given up, being
+/// `not_submitted`, called nobody). A macro so that `concat!` can use it.
+macro_rules! called_client {
+    () => {
+        "EXISTS (SELECT 1 FROM call_records r JOIN batches b ON b.id = r.batch_id
+                 WHERE r.client_id = clients.id AND b.submit_state <> 'not_submitted')"
+    };
+}
+pub(crate) use called_client as CALLED;
+
 pub(crate) const USER_COLUMNS: &str =
     "id, username, email, first_name, last_name, role, is_active, created_at, updated_at";
 
@@ -712,13 +723,13 @@ macro_rules! shared_store_impl {
 
             async fn list_clients(&self, group_id: i64, query: &ClientQuery) -> StoreResult<(Vec<Client>, i64)> {
                 let pattern = query.search.as_deref().map($crate::store::like_pattern);
-                const FILTER: &str = "group_id = $1 AND deleted_at IS NULL
+                const FILTER: &str = concat!("group_id = $1 AND deleted_at IS NULL
                     AND ($2 IS NULL OR lower(COALESCE(name, '')) LIKE $2 ESCAPE '\\'
                          OR phone_e164 LIKE $2 ESCAPE '\\' OR lower(phone) LIKE $2 ESCAPE '\\'
                          OR lower(COALESCE(email, '')) LIKE $2 ESCAPE '\\'
                          OR lower(COALESCE(external_id, '')) LIKE $2 ESCAPE '\\')
                     AND ($3 IS NULL OR status = $3)
-                    AND ($4 = FALSE OR NOT EXISTS (SELECT 1 FROM call_records r WHERE r.client_id = clients.id))";
+                    AND ($4 = FALSE OR NOT ", $crate::store::common::CALLED!(), ")");
                 let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM clients WHERE {FILTER}"))
                     .bind(group_id)
                     .bind(&pattern)
@@ -799,6 +810,17 @@ macro_rules! shared_store_impl {
 
             async fn launch_clients(&self, group_id: i64) -> StoreResult<Vec<$crate::store::LaunchClient>> {
                 Ok(Self::load_launch_clients(&self.pool, group_id).await?)
+            }
+
+            async fn called_client_ids(&self, group_id: i64) -> StoreResult<std::collections::HashSet<i64>> {
+                let ids: Vec<i64> = sqlx::query_scalar(concat!(
+                    "SELECT id FROM clients WHERE group_id = $1 AND deleted_at IS NULL AND ",
+                    $crate::store::common::CALLED!()
+                ))
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(ids.into_iter().collect())
             }
 
             async fn set_group_phone_number(&self, group_id: i64, phone_number_id: &str) -> StoreResult<()> {

@@ -144,9 +144,12 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     ) -> StoreResult<Option<Client>>;
     /// Soft delete; `false` if absent.
     async fn delete_client(&self, group_id: i64, client_id: i64) -> StoreResult<bool>;
-    /// Every live client of the group, in id order (for a launch).
     /// Every live client of the group, as a launch needs them, in id order.
     async fn launch_clients(&self, group_id: i64) -> StoreResult<Vec<LaunchClient>>;
+    /// The group's live clients that some batch already includes (they have a
+    /// call record): the complement of `GET /api/groups/:id/uncalled-clients`.
+    async fn called_client_ids(&self, group_id: i64)
+    -> StoreResult<std::collections::HashSet<i64>>;
     async fn set_group_phone_number(&self, group_id: i64, phone_number_id: &str)
     -> StoreResult<()>;
 

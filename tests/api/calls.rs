@@ -32,6 +32,9 @@ both_backends!(
     a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verified,
     a_key_retried_after_a_partial_launch_replays_the_answer,
     a_key_is_given_back_when_nothing_reached_elevenlabs,
+    a_launch_stopped_half_way_is_resumed_with_only_uncalled,
+    only_uncalled_calls_the_clients_added_since,
+    concurrent_only_uncalled_launches_give_one_batch,
     do_not_call_list_is_managed_by_admins,
 );
 
@@ -715,12 +718,20 @@ async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
     }
     // The launch lock is released after a failure: the next attempt goes through.
     sim.clear_faults();
-    call(&app, &token, group, json!({"userId": id}))
-        .await
-        .assert_ok(
-            200,
-            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
-        );
+    // Attempts given up called nobody: their clients are still uncalled.
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(reply.body["data"]["recipientsCount"], 3);
+    assert_eq!(reply.body["data"]["excluded"]["alreadyCalled"], 0);
 }
 
 async fn elevenlabs_timeout_is_recorded_for_reconciliation_not_retried(backend: Backend) {
@@ -823,12 +834,20 @@ async fn a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verifie
             .await;
     }
     sim.clear_faults();
-    call(&app, &token, group, json!({"userId": id}))
-        .await
-        .assert_ok(
-            200,
-            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
-        );
+    // Attempts given up called nobody: their clients are still uncalled.
+    let reply = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(reply.body["data"]["recipientsCount"], 3);
+    assert_eq!(reply.body["data"]["excluded"]["alreadyCalled"], 0);
 }
 
 /// Part 2 of 2 is refused after part 1 was accepted: the same key must not
@@ -886,6 +905,208 @@ async fn a_key_retried_after_a_partial_launch_replays_the_answer(backend: Backen
         app.db.scalar("SELECT COUNT(*) FROM call_records").await,
         10_000
     );
+}
+
+/// Part 2 of 2 is refused: `onlyUncalled` calls the rest, nobody twice, and
+/// needs no wait (repeating it finds nobody left).
+async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..10_005 {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    sim.inject(
+        Fault::status(
+            "POST",
+            "/v1/convai/batch-calling/submit",
+            500,
+            json!({"detail": "internal error"}),
+        )
+        .after(1)
+        .times(1),
+    );
+    let first = call(&app, &token, group, json!({"userId": id})).await;
+    first.assert_error(502, "Error iniciando las llamadas");
+    let data = &first.body["data"];
+    assert_eq!(data["batchIds"].as_array().map(Vec::len), Some(1));
+    assert_eq!(data["partsSent"], 1);
+    assert_eq!(data["partsTotal"], 2);
+    assert!(
+        data["resume"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"onlyUncalled\": true")),
+        "{}",
+        first.text
+    );
+    let part_one: std::collections::HashSet<String> = submits(&sim)[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phone_number"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(part_one.len(), 10_000);
+
+    // At once, without a key: not a double launch, only the five left.
+    sim.clear_requests();
+    let rest = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    rest.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Dos partes\"",
+    );
+    let data = &rest.body["data"];
+    assert_eq!(data["recipientsCount"], 5);
+    assert_eq!(data["totalClientsInGroup"], 10_005);
+    assert_eq!(data["excludedClients"], 10_000);
+    assert_eq!(
+        data["excluded"],
+        json!({"invalidPhone": 0, "doNotCall": 0, "duplicate": 0, "alreadyCalled": 10_000})
+    );
+    let sent = submits(&sim);
+    assert_eq!(sent.len(), 1);
+    let numbers: Vec<&str> = sent[0]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phone_number"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), 5);
+    assert!(
+        numbers.iter().all(|n| !part_one.contains(*n)),
+        "{numbers:?}"
+    );
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_005
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(DISTINCT client_id) FROM call_records")
+            .await,
+        10_005,
+        "every client in exactly one batch"
+    );
+
+    // Once more: nobody is left, nothing is sent.
+    sim.clear_requests();
+    let again = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    again.assert_error(
+        400,
+        "No se encontraron clientes con números telefónicos válidos en el grupo",
+    );
+    assert!(
+        again.body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("10005 clientes ya fueron incluidos")),
+        "{}",
+        again.text
+    );
+    assert!(submits(&sim).is_empty());
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+}
+
+/// Clients added after a launch: `onlyUncalled` calls just them; the flag
+/// must be a boolean.
+async fn only_uncalled_calls_the_clients_added_since(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    let first = call(&app, &token, group, json!({"userId": id})).await;
+    first.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(
+        first.body["data"]["excluded"],
+        json!({"invalidPhone": 0, "doNotCall": 0, "duplicate": 0}),
+        "the contract's shape when the flag is not used"
+    );
+    let added = app
+        .post(
+            &format!("/api/groups/{group}/clients"),
+            Some(&token),
+            json!({"name": "Nueva", "phone": "3138539160", "monto": "500"}),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.text);
+    let sim = sim(&app);
+    sim.clear_requests();
+    let before = app.db.scalar("SELECT COUNT(*) FROM call_records").await;
+    let wrong = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": "sí"}),
+    )
+    .await;
+    wrong.assert_error(400, "JSON inválido en el cuerpo de la petición");
+    assert!(submits(&sim).is_empty());
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        before
+    );
+
+    let rest = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", "nuevos-1")
+                .json(&json!({"userId": id, "onlyUncalled": true})),
+        )
+        .await;
+    rest.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    assert_eq!(rest.body["data"]["recipientsCount"], 1);
+    assert_eq!(rest.body["data"]["excluded"]["alreadyCalled"], 3);
+    let sent = submits(&sim);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["recipients"].as_array().map(Vec::len), Some(1));
+    assert_eq!(sent[0]["recipients"][0]["phone_number"], "+573138539160");
+    let uncalled = app
+        .get(
+            &format!("/api/groups/{group}/uncalled-clients"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(uncalled.status, 200, "{}", uncalled.text);
+    assert_eq!(uncalled.body["pagination"]["total"], 0, "{}", uncalled.text);
+}
+
+/// Two `onlyUncalled` launches at once (no window protects them): one batch,
+/// one conflict, nobody called twice.
+async fn concurrent_only_uncalled_launches_give_one_batch(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    sim(&app).inject(Fault::delay("POST", "/v1/convai/batch-calling/submit", 300));
+    let body = json!({"userId": id, "onlyUncalled": true});
+    let (a, b) = tokio::join!(
+        call(&app, &token, group, body.clone()),
+        call(&app, &token, group, body.clone())
+    );
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+    assert_eq!(submits(&sim(&app)).len(), 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 3);
 }
 
 /// A refusal of the first part means nothing exists at ElevenLabs: the key is
