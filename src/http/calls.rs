@@ -46,7 +46,8 @@ const MSG_NO_RECIPIENTS: &str =
 const MSG_DOUBLE: &str = "Ya se iniciaron llamadas para este grupo hace un momento";
 const MSG_UNVERIFIED: &str = "Un envío anterior de este grupo aún se está verificando con ElevenLabs (pudo haberse creado); se resolverá automáticamente en unos minutos.";
 const MSG_SUBMIT: &str = "Error iniciando las llamadas";
-const MSG_RESUME: &str = "Las partes enviadas ya están en curso. Para llamar solo a los clientes que faltan, vuelve a iniciar las llamadas con \"onlyUncalled\": true.";
+const MSG_RESUME_LATER: &str = "Las partes enviadas ya están en curso. Cuando el envío dudoso se haya verificado (unos minutos), vuelve a iniciar las llamadas con \"onlyUncalled\": true para llamar solo a los clientes que falten.";
+const MSG_RESUME: &str = "Las partes enviadas ya están en curso. Para llamar solo a los clientes que faltan, vuelve a iniciar las llamadas con \"onlyUncalled\": true (con una Idempotency-Key nueva si usaste una).";
 const MSG_KEY_REUSED: &str = "La clave de idempotencia ya se usó con otra petición";
 const MSG_BAD_KEY: &str = "La clave de idempotencia debe tener entre 1 y 200 caracteres";
 
@@ -240,6 +241,13 @@ async fn launch(
     }
     // 6: the schedule.
     let scheduled = check_schedule(request.scheduled_time_unix.as_ref())?;
+    // Who some batch already includes (`onlyUncalled`); checked again under the
+    // launch lock, where every earlier launch of the group is fully stored.
+    let only_uncalled = request.only_uncalled.unwrap_or(false);
+    let called = match only_uncalled {
+        true => Some(state.store.called_client_ids(group.id).await?),
+        false => None,
+    };
     // 7: the phone number.
     let phone_number_id = resolve_phone_number(
         state,
@@ -258,14 +266,6 @@ async fn launch(
             _ => upstream_error(MSG_AGENT_CHECK, &e),
         })?;
     let started = std::time::Instant::now();
-    let only_uncalled = request.only_uncalled.unwrap_or(false);
-    // The list of clients is only good while no other batch of the group is
-    // created; the double-launch check below holds it to that.
-    let read_at = Utc::now();
-    let called = match only_uncalled {
-        true => Some(state.store.called_client_ids(group.id).await?),
-        false => None,
-    };
     let clients = state.store.launch_clients(group.id).await?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -318,15 +318,14 @@ async fn launch(
     let result = async {
         // Without a key, no launch within the window; with or without one, none
         // while an earlier submit of the group is still being verified (it may
-        // have been created at ElevenLabs).
-        let window = chrono::Duration::seconds(state.config.duplicate_window_secs as i64);
-        let since = duplicate_since(
-            idempotency_key.is_some(),
-            only_uncalled,
-            now,
-            read_at,
-            window,
-        );
+        // have been created at ElevenLabs). Only the uncalled needs no window:
+        // repeated, it finds nobody left to call.
+        let since = match (idempotency_key, only_uncalled) {
+            (None, false) => {
+                now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64)
+            }
+            _ => now,
+        };
         if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
             let mut conflict =
                 ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier}));
@@ -334,6 +333,23 @@ async fn launch(
                 conflict = conflict.with_error(MSG_UNVERIFIED);
             }
             return Err(conflict);
+        }
+        // A launch stored since the list of the uncalled was read has called
+        // some of them: that list is stale.
+        if only_uncalled {
+            let called_now = state.store.called_client_ids(group.id).await?;
+            if plan
+                .recipients
+                .iter()
+                .any(|r| called_now.contains(&r.client_id))
+            {
+                let earlier = state
+                    .store
+                    .recent_batch(group.id, now - chrono::Duration::hours(24))
+                    .await?
+                    .flatten();
+                return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+            }
         }
         submit(
             state,
@@ -365,26 +381,6 @@ async fn launch(
         tracing::error!(error = %err, "launch: the group's launch lock could not be released");
     }
     result
-}
-
-/// Batches of the group created since this instant make the launch a
-/// duplicate (409). Without a key: any within the window. With a key: none but
-/// those still being verified (the caller vouches for the retry). Only the
-/// uncalled: any created after their list was read, since it would then name
-/// people that batch is calling; otherwise such a launch needs no window, as
-/// repeating it finds nobody left to call.
-fn duplicate_since(
-    keyed: bool,
-    only_uncalled: bool,
-    now: chrono::DateTime<Utc>,
-    read_at: chrono::DateTime<Utc>,
-    window: chrono::Duration,
-) -> chrono::DateTime<Utc> {
-    match (only_uncalled, keyed) {
-        (true, _) => read_at,
-        (false, false) => now - window,
-        (false, true) => now,
-    }
 }
 
 /// ElevenLabs may have created the batch although the submit failed: the
@@ -730,6 +726,23 @@ async fn finish_record(task: RecordTask, batch_ids: &[String]) -> ApiResult<()> 
     Err(ApiError::internal(failure).with_data(json!({"batchIds": batch_ids})))
 }
 
+/// Waits for every batch still being stored, even after one failed (the
+/// launch must not end, and free the group, while a part is being written);
+/// the first failure is the answer.
+async fn finish_all(
+    recording: &mut std::collections::VecDeque<RecordTask>,
+    batch_ids: &[String],
+) -> ApiResult<()> {
+    let mut first = Ok(());
+    while let Some(task) = recording.pop_front() {
+        let done = finish_record(task, batch_ids).await;
+        if first.is_ok() {
+            first = done;
+        }
+    }
+    first
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn submit(
     state: &AppState,
@@ -842,17 +855,21 @@ async fn submit(
                 // of them stored before the answer.
                 recording.push_back(spawn_record(state, record, calls));
                 while recording.len() >= in_flight {
-                    if let Some(oldest) = recording.pop_front() {
-                        finish_record(oldest, &batch_ids).await?;
+                    let Some(oldest) = recording.pop_front() else {
+                        break;
+                    };
+                    if let Err(err) = finish_record(oldest, &batch_ids).await {
+                        // The others end before the group's lock is let go.
+                        let _ = finish_all(&mut recording, &batch_ids).await;
+                        return Err(err);
                     }
                 }
             }
             Err(err) => {
-                while let Some(oldest) = recording.pop_front() {
-                    finish_record(oldest, &batch_ids).await?;
-                }
+                finish_all(&mut recording, &batch_ids).await?;
                 let mut api = submit_error(&err);
-                if may_have_been_created(&err) {
+                let uncertain = may_have_been_created(&err);
+                if uncertain {
                     // ElevenLabs may have created the batch: keep the attempt so the
                     // sync can find it by name, and never dial these people twice.
                     reached.store(true, Ordering::SeqCst);
@@ -868,16 +885,14 @@ async fn submit(
                         "batchIds": batch_ids,
                         "partsSent": batch_ids.len(),
                         "partsTotal": parts,
-                        "resume": MSG_RESUME,
+                        "resume": if uncertain { MSG_RESUME_LATER } else { MSG_RESUME },
                     }));
                 }
                 return Err(api);
             }
         }
     }
-    while let Some(oldest) = recording.pop_front() {
-        finish_record(oldest, &batch_ids).await?;
-    }
+    finish_all(&mut recording, &batch_ids).await?;
     let batch_data = first_batch.unwrap_or(Value::Null);
     Ok(json!({
         "success": true,
@@ -933,24 +948,6 @@ mod tests {
             check_schedule(Some(&json!("mañana"))).unwrap_err().message,
             MSG_NOT_FUTURE
         );
-    }
-
-    #[test]
-    fn a_launch_is_a_duplicate_of_the_batches_its_list_of_clients_did_not_see() {
-        let now = Utc::now();
-        let read_at = now - chrono::Duration::milliseconds(300);
-        let window = chrono::Duration::seconds(120);
-        // Without a key: the window.
-        assert_eq!(
-            duplicate_since(false, false, now, read_at, window),
-            now - window
-        );
-        // With a key: only what is still being verified.
-        assert_eq!(duplicate_since(true, false, now, read_at, window), now);
-        // Only the uncalled, with or without a key: any batch after the list
-        // was read (it would have named people that batch calls).
-        assert_eq!(duplicate_since(false, true, now, read_at, window), read_at);
-        assert_eq!(duplicate_since(true, true, now, read_at, window), read_at);
     }
 
     #[test]

@@ -539,6 +539,19 @@ macro_rules! sync_store_impl {
                             .bind(now)
                             .execute(&mut *tx)
                             .await?;
+                            // Nobody was called: the launch's `contacted` is undone for
+                            // clients no other batch has included.
+                            sqlx::query(concat!(
+                                "UPDATE clients SET status = 'pending', updated_at = $2
+                                 WHERE status = 'contacted'
+                                   AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)
+                                   AND NOT ",
+                                $crate::store::common::CALLED!()
+                            ))
+                            .bind(batch_id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
                             updated
                         }
                     };

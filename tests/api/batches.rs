@@ -732,6 +732,22 @@ async fn a_timed_out_submit_is_found_by_name_or_given_up(backend: Backend) {
             .await,
         4
     );
+    // Nobody was called: the clients are pending and uncalled again.
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM clients WHERE group_id = {other} AND status = 'pending'"
+            ))
+            .await,
+        4
+    );
+    let uncalled = app
+        .get(
+            &format!("/api/groups/{other}/uncalled-clients"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(uncalled.body["pagination"]["total"], 4, "{}", uncalled.text);
 }
 
 /// The name a launch of `group` gets today (the groups here are in Bogotá's time zone).

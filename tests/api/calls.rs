@@ -35,6 +35,8 @@ both_backends!(
     a_launch_stopped_half_way_is_resumed_with_only_uncalled,
     only_uncalled_calls_the_clients_added_since,
     concurrent_only_uncalled_launches_give_one_batch,
+    an_only_uncalled_launch_whose_list_went_stale_is_a_conflict,
+    a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent,
     do_not_call_list_is_managed_by_admins,
 );
 
@@ -718,20 +720,12 @@ async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
     }
     // The launch lock is released after a failure: the next attempt goes through.
     sim.clear_faults();
-    // Attempts given up called nobody: their clients are still uncalled.
-    let reply = call(
-        &app,
-        &token,
-        group,
-        json!({"userId": id, "onlyUncalled": true}),
-    )
-    .await;
-    reply.assert_ok(
-        200,
-        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
-    );
-    assert_eq!(reply.body["data"]["recipientsCount"], 3);
-    assert_eq!(reply.body["data"]["excluded"]["alreadyCalled"], 0);
+    call(&app, &token, group, json!({"userId": id}))
+        .await
+        .assert_ok(
+            200,
+            "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+        );
 }
 
 async fn elevenlabs_timeout_is_recorded_for_reconciliation_not_retried(backend: Backend) {
@@ -1107,6 +1101,99 @@ async fn concurrent_only_uncalled_launches_give_one_batch(backend: Backend) {
     assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
     assert_eq!(submits(&sim(&app)).len(), 1);
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 3);
+}
+
+/// An `onlyUncalled` launch reads who is uncalled, then waits on ElevenLabs
+/// (its phone-number check is slow); meanwhile a plain launch calls everyone. Its list
+/// is stale by the time it takes the lock: 409, nobody called twice.
+async fn an_only_uncalled_launch_whose_list_went_stale_is_a_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    sim(&app).inject(Fault::delay("GET", "/v1/convai/phone-numbers", 1500).times(1));
+    let slow = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    );
+    let plain = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        call(&app, &token, group, json!({"userId": id})).await
+    };
+    let (slow, plain) = tokio::join!(slow, plain);
+    plain.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    slow.assert_error(
+        409,
+        "Ya se iniciaron llamadas para este grupo hace un momento",
+    );
+    assert_eq!(slow.body["data"]["batchId"], plain.body["data"]["batchId"]);
+    assert_eq!(submits(&sim(&app)).len(), 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 3);
+}
+
+/// ElevenLabs accepts both parts but part 1 cannot be stored (a trigger
+/// refuses it): 500 naming both batches, and part 2 is fully stored before
+/// the answer (the launch waits for every part it started to store).
+async fn a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..10_005 {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_part_one BEFORE INSERT ON batches WHEN NEW.part_index = 1
+                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_part_one() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.part_index = 1 THEN RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_part_one BEFORE INSERT ON batches
+                 FOR EACH ROW EXECUTE FUNCTION refuse_part_one()"
+            }
+        })
+        .await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(reply.status, 500, "{}", reply.text);
+    assert_eq!(reply.body["success"], false);
+    assert!(
+        !reply.text.contains("disco lleno"),
+        "no internals: {}",
+        reply.text
+    );
+    assert!(
+        reply.body["data"].get("resume").is_none(),
+        "its people would look uncalled: no advice to resume"
+    );
+    assert_eq!(
+        reply.body["data"]["batchIds"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        reply.text
+    );
+    assert_eq!(submits(&sim).len(), 2);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records r JOIN batches b ON b.id = r.batch_id WHERE b.part_index = 2")
+            .await,
+        5
+    );
+    // The group is free again, and a plain relaunch within the window is refused.
+    let again = call(&app, &token, group, json!({"userId": id})).await;
+    again.assert_error(
+        409,
+        "Ya se iniciaron llamadas para este grupo hace un momento",
+    );
 }
 
 /// A refusal of the first part means nothing exists at ElevenLabs: the key is
