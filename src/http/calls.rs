@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
@@ -24,7 +25,9 @@ use crate::elevenlabs::ElevenLabsError;
 use crate::elevenlabs::types::SubmitBatch;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthUser, PathIds};
-use crate::store::{Group, IdempotencyClaim, LaunchClient, NewBatch, NewCallRecord, User};
+use crate::store::{
+    AcceptedBatch, Group, IdempotencyClaim, LaunchClient, NewBatch, NewCallRecord, User,
+};
 
 /// ElevenLabs' limit of recipients per batch.
 pub const MAX_RECIPIENTS_PER_BATCH: usize = 10_000;
@@ -53,6 +56,11 @@ const MSG_BAD_KEY: &str = "La clave de idempotencia debe tener entre 1 y 200 car
 
 /// How long a launch may hold the group's lock before it is considered dead.
 const LAUNCH_LOCK_SECS: i64 = 600;
+
+/// How long past two submit timeouts a part written ahead is left alone by the
+/// sync: the launch confirms or discards it well before; after a crash the
+/// sync reconciles it then.
+const WRITE_AHEAD_HOLD_SECS: i64 = 60;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/groups/{id}/call", post(start_calls))
@@ -697,50 +705,98 @@ fn submit_error(err: &ElevenLabsError) -> ApiError {
     }
 }
 
-type RecordTask = tokio::task::JoinHandle<(std::time::Instant, crate::store::StoreResult<i64>)>;
+type StoreTask<T> = tokio::task::JoinHandle<(std::time::Instant, crate::store::StoreResult<T>)>;
 
-/// Stores a submitted batch and its calls in the background.
-fn spawn_record(state: &AppState, record: NewBatch, calls: Vec<NewCallRecord>) -> RecordTask {
+/// Confirms an accepted part in the background.
+fn spawn_confirm(
+    state: &AppState,
+    row_id: i64,
+    accepted: AcceptedBatch,
+    calls: Arc<Vec<NewCallRecord>>,
+) -> StoreTask<()> {
     let store = state.store.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        (started, store.record_batch(&record, &calls).await)
+        (
+            started,
+            store.confirm_batch(row_id, &accepted, &calls).await,
+        )
     })
 }
 
-/// Waits for a batch to be stored. A batch ElevenLabs accepted but we could
-/// not store is a 500 that names every batch sent, so nobody relaunches blindly.
-async fn finish_record(task: RecordTask, batch_ids: &[String]) -> ApiResult<()> {
+/// What an error answer says of a launch that sent some parts: their batch
+/// ids, and how to call the rest without calling anyone twice.
+fn partial_data(batch_ids: &[String], parts: usize, uncertain: bool) -> Option<Value> {
+    (!batch_ids.is_empty()).then(|| {
+        json!({
+            "batchIds": batch_ids,
+            "partsSent": batch_ids.len(),
+            "partsTotal": parts,
+            "resume": if uncertain { MSG_RESUME_LATER } else { MSG_RESUME },
+        })
+    })
+}
+
+/// A storage failure after parts were sent: a 500 that names them, so nobody
+/// relaunches blindly. (Every part sent was written ahead, so `onlyUncalled`
+/// still leaves its people out.)
+fn storage_failure(failure: String, batch_ids: &[String], parts: usize) -> ApiError {
+    tracing::error!(error = %failure, batches = ?batch_ids, "launch: a part could not be stored");
+    let api = ApiError::internal(failure);
+    match partial_data(batch_ids, parts, false) {
+        Some(data) => api.with_data(data),
+        None => api,
+    }
+}
+
+/// Waits for a part's store task.
+async fn finish_store<T>(
+    task: StoreTask<T>,
+    what: &'static str,
+    batch_ids: &[String],
+    parts: usize,
+) -> ApiResult<T> {
     let failure = match task.await {
-        Ok((started, Ok(_))) => {
+        Ok((started, Ok(value))) => {
             tracing::debug!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "launch: batch recorded"
+                "launch: {what}"
             );
-            return Ok(());
+            return Ok(value);
         }
         Ok((_, Err(err))) => err.to_string(),
         Err(err) => err.to_string(),
     };
-    tracing::error!(error = %failure, batches = ?batch_ids, "launch: a submitted batch could not be stored");
-    Err(ApiError::internal(failure).with_data(json!({"batchIds": batch_ids})))
+    Err(storage_failure(failure, batch_ids, parts))
 }
 
-/// Waits for every batch still being stored, even after one failed (the
+/// Waits for every confirmation still running, even after one failed (the
 /// launch must not end, and free the group, while a part is being written);
 /// the first failure is the answer.
 async fn finish_all(
-    recording: &mut std::collections::VecDeque<RecordTask>,
+    confirming: &mut std::collections::VecDeque<StoreTask<()>>,
     batch_ids: &[String],
+    parts: usize,
 ) -> ApiResult<()> {
     let mut first = Ok(());
-    while let Some(task) = recording.pop_front() {
-        let done = finish_record(task, batch_ids).await;
+    while let Some(task) = confirming.pop_front() {
+        let done = finish_store(task, "batch confirmed", batch_ids, parts).await;
         if first.is_ok() {
             first = done;
         }
     }
     first
+}
+
+/// Removes a part written ahead that will not be submitted. If that fails the
+/// attempt stays `unknown`: the sync finds nothing at ElevenLabs and gives it
+/// up, which is safe, only slower.
+async fn discard_written(state: &AppState, write: StoreTask<i64>) {
+    if let Ok((_, Ok(id))) = write.await
+        && let Err(err) = state.store.discard_batch(id).await
+    {
+        tracing::error!(error = %err, "launch: a part written ahead could not be discarded");
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -773,11 +829,19 @@ async fn submit(
     let total = plan.total;
     let shared = plan.shared;
     let mut remaining = plan.recipients.into_iter();
-    // Parts being stored while the next one is submitted: two at a time (more
-    // only made each slower on PostgreSQL; SQLite has one writer anyway).
+    // Write-ahead: each part is written (an `unknown` attempt and its call
+    // records) before it is submitted, so a crash or a storage failure after
+    // ElevenLabs accepted it leaves an attempt the sync reconciles, never a
+    // batch we know nothing of. The next part is written while this one is
+    // submitted; accepted parts are confirmed in the background, two at a time
+    // (more only made each slower on PostgreSQL), all before the answer.
     let in_flight = 2;
-    let mut recording: std::collections::VecDeque<RecordTask> = std::collections::VecDeque::new();
-    for index in 0..parts {
+    let hold = chrono::Duration::seconds(
+        2 * state.config.elevenlabs_timeout_secs as i64 + WRITE_AHEAD_HOLD_SECS,
+    );
+    let mut confirming: std::collections::VecDeque<StoreTask<()>> =
+        std::collections::VecDeque::new();
+    let start_part = |index: usize, remaining: &mut std::vec::IntoIter<Recipient>| {
         // Moved, not copied: a launch may carry 200,000 sets of variables.
         let chunk: Vec<Recipient> = remaining.by_ref().take(MAX_RECIPIENTS_PER_BATCH).collect();
         let name = if parts > 1 {
@@ -785,37 +849,23 @@ async fn submit(
         } else {
             base_name.clone()
         };
-        let calls: Vec<NewCallRecord> = chunk
-            .iter()
-            .map(|r| NewCallRecord {
-                client_id: Some(r.client_id),
-                recipient_id: Some(r.client_id.to_string()),
-                phone_e164: r.phone.clone(),
-            })
-            .collect();
-        let summary: Option<Value> = first_batch.is_none().then(|| {
+        let calls: Arc<Vec<NewCallRecord>> = Arc::new(
             chunk
                 .iter()
-                .map(|r| json!({"phone_number": r.phone, "recipient_id": r.client_id.to_string()}))
-                .collect()
-        });
-        let request = SubmitBatch {
-            call_name: name.clone(),
-            agent_id: agent_id.to_owned(),
-            agent_phone_number_id: phone_number_id.to_owned(),
-            scheduled_time_unix: scheduled,
-            recipients: chunk
-                .iter()
-                .map(|r| LaunchRecipient::new(r, &shared))
-                .collect::<Vec<_>>(),
-        };
-        let mut record = NewBatch {
+                .map(|r| NewCallRecord {
+                    client_id: Some(r.client_id),
+                    recipient_id: Some(r.client_id.to_string()),
+                    phone_e164: r.phone.clone(),
+                })
+                .collect(),
+        );
+        let record = NewBatch {
             elevenlabs_batch_id: None,
             group_id: group.id,
             created_by: user_id,
             agent_id: agent_id.to_owned(),
             phone_number_id: Some(phone_number_id.to_owned()),
-            name,
+            name: name.clone(),
             status: "unknown".into(),
             submit_state: "unknown",
             part_index: index as i64 + 1,
@@ -825,6 +875,49 @@ async fn submit(
             created_at_unix: None,
             total_calls_scheduled: calls.len() as i64,
             raw: Value::Null,
+        };
+        let store = state.store.clone();
+        let written = calls.clone();
+        let hold_until = Utc::now() + hold;
+        let write: StoreTask<i64> = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            (
+                started,
+                store.prewrite_batch(&record, &written, hold_until).await,
+            )
+        });
+        (chunk, calls, name, write)
+    };
+    let mut ahead = Some(start_part(0, &mut remaining));
+    for index in 0..parts {
+        let Some((chunk, calls, name, write)) = ahead.take() else {
+            break;
+        };
+        let row_id = match finish_store(write, "part written ahead", &batch_ids, parts).await {
+            Ok(id) => id,
+            Err(err) => {
+                let _ = finish_all(&mut confirming, &batch_ids, parts).await;
+                return Err(err);
+            }
+        };
+        if index + 1 < parts {
+            ahead = Some(start_part(index + 1, &mut remaining));
+        }
+        let summary: Option<Value> = first_batch.is_none().then(|| {
+            chunk
+                .iter()
+                .map(|r| json!({"phone_number": r.phone, "recipient_id": r.client_id.to_string()}))
+                .collect()
+        });
+        let request = SubmitBatch {
+            call_name: name,
+            agent_id: agent_id.to_owned(),
+            agent_phone_number_id: phone_number_id.to_owned(),
+            scheduled_time_unix: scheduled,
+            recipients: chunk
+                .iter()
+                .map(|r| LaunchRecipient::new(r, &shared))
+                .collect::<Vec<_>>(),
         };
         let submitted_at = std::time::Instant::now();
         let outcome = state.elevenlabs.submit_batch(&request).await;
@@ -838,61 +931,73 @@ async fn submit(
         match outcome {
             Ok(batch) => {
                 reached.store(true, Ordering::SeqCst);
-                record.elevenlabs_batch_id = Some(batch.id.clone());
-                record.status = batch.status.clone();
-                record.submit_state = "submitted";
-                record.created_at_unix = batch.created_at_unix;
-                record.raw = serde_json::to_value(&batch).unwrap_or(Value::Null);
+                let raw = serde_json::to_value(&batch).unwrap_or(Value::Null);
                 metrics::counter!("batches_launched_total").increment(1);
                 metrics::counter!("calls_launched_total").increment(calls.len() as u64);
                 batch_ids.push(batch.id.clone());
                 if let Some(summary) = summary {
-                    let mut data = record.raw.clone();
+                    let mut data = raw.clone();
                     data["recipients"] = summary;
                     first_batch = Some(data);
                 }
-                // Recorded while the next parts are prepared and submitted; all
-                // of them stored before the answer.
-                recording.push_back(spawn_record(state, record, calls));
-                while recording.len() >= in_flight {
-                    let Some(oldest) = recording.pop_front() else {
+                let accepted = AcceptedBatch {
+                    elevenlabs_batch_id: batch.id.clone(),
+                    status: batch.status.clone(),
+                    created_at_unix: batch.created_at_unix,
+                    raw,
+                };
+                confirming.push_back(spawn_confirm(state, row_id, accepted, calls));
+                while confirming.len() >= in_flight {
+                    let Some(oldest) = confirming.pop_front() else {
                         break;
                     };
-                    if let Err(err) = finish_record(oldest, &batch_ids).await {
+                    if let Err(err) =
+                        finish_store(oldest, "batch confirmed", &batch_ids, parts).await
+                    {
                         // The others end before the group's lock is let go.
-                        let _ = finish_all(&mut recording, &batch_ids).await;
+                        let _ = finish_all(&mut confirming, &batch_ids, parts).await;
+                        if let Some((_, _, _, write)) = ahead.take() {
+                            discard_written(state, write).await;
+                        }
                         return Err(err);
                     }
                 }
             }
             Err(err) => {
-                finish_all(&mut recording, &batch_ids).await?;
-                let mut api = submit_error(&err);
                 let uncertain = may_have_been_created(&err);
-                if uncertain {
-                    // ElevenLabs may have created the batch: keep the attempt so the
-                    // sync can find it by name, and never dial these people twice.
+                // This part is kept for the sync if ElevenLabs may have it, else it goes;
+                // the part written ahead was never submitted.
+                let settled = if uncertain {
                     reached.store(true, Ordering::SeqCst);
-                    state.store.record_batch(&record, &calls).await?;
+                    state.store.release_unverified_batch(row_id, &calls).await
+                } else {
+                    state.store.discard_batch(row_id).await
+                };
+                if let Some((_, _, _, write)) = ahead.take() {
+                    discard_written(state, write).await;
+                }
+                finish_all(&mut confirming, &batch_ids, parts).await?;
+                if let Err(failure) = settled {
+                    return Err(storage_failure(failure.to_string(), &batch_ids, parts));
+                }
+                let mut api = submit_error(&err);
+                if uncertain {
+                    // ElevenLabs may have created the batch: the attempt stays for
+                    // the sync to find by name, and these people are never dialled twice.
                     api = api.with_error(if matches!(err, ElevenLabsError::Timeout) {
                         "ElevenLabs no respondió a tiempo; el envío se verificará automáticamente. No lo reintentes todavía."
                     } else {
                         "No se pudo confirmar si ElevenLabs recibió el envío; se verificará automáticamente. No lo reintentes todavía."
                     });
                 }
-                if !batch_ids.is_empty() {
-                    api = api.with_data(json!({
-                        "batchIds": batch_ids,
-                        "partsSent": batch_ids.len(),
-                        "partsTotal": parts,
-                        "resume": if uncertain { MSG_RESUME_LATER } else { MSG_RESUME },
-                    }));
+                if let Some(data) = partial_data(&batch_ids, parts, uncertain) {
+                    api = api.with_data(data);
                 }
                 return Err(api);
             }
         }
     }
-    finish_all(&mut recording, &batch_ids).await?;
+    finish_all(&mut confirming, &batch_ids, parts).await?;
     let batch_data = first_batch.unwrap_or(Value::Null);
     Ok(json!({
         "success": true,

@@ -871,39 +871,109 @@ macro_rules! shared_store_impl {
                 }
             }
 
-            async fn record_batch(&self, batch: &NewBatch, calls: &[NewCallRecord]) -> StoreResult<i64> {
+            async fn prewrite_batch(
+                &self,
+                batch: &NewBatch,
+                calls: &[NewCallRecord],
+                hold_until: DateTime<Utc>,
+            ) -> StoreResult<i64> {
                 let now = Utc::now();
                 let mut tx = self.begin_write().await?;
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO batches (elevenlabs_batch_id, group_id, created_by, agent_id, phone_number_id, name,
                         status, submit_state, part_index, part_count, launch_key, scheduled_time_unix, created_at_unix,
                         last_updated_at_unix, total_calls_scheduled, raw, next_sync_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16, $16, $16)
+                     VALUES (NULL, $1, $2, $3, $4, $5, 'unknown', 'unknown', $6, $7, $8, $9, NULL, NULL, $10, $11, $12, $13, $13)
                      RETURNING id",
                 )
-                .bind(&batch.elevenlabs_batch_id)
                 .bind(batch.group_id)
                 .bind(batch.created_by)
                 .bind(&batch.agent_id)
                 .bind(&batch.phone_number_id)
                 .bind(&batch.name)
-                .bind(&batch.status)
-                .bind(batch.submit_state)
                 .bind(batch.part_index)
                 .bind(batch.part_count)
                 .bind(&batch.launch_key)
                 .bind(batch.scheduled_time_unix)
-                .bind(batch.created_at_unix)
                 .bind(batch.total_calls_scheduled)
-                .bind(Json(&batch.raw))
+                .bind(Json(&serde_json::Value::Null))
+                .bind(hold_until)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
                 Self::insert_call_records(&mut tx, id, batch.group_id, now, calls).await?;
-                // The people in a batch have been contacted (API.md §4 client status).
-                Self::mark_contacted(&mut tx, id, now, calls).await?;
                 tx.commit().await?;
                 Ok(id)
+            }
+
+            async fn confirm_batch(
+                &self,
+                batch_id: i64,
+                accepted: &$crate::store::AcceptedBatch,
+                calls: &[NewCallRecord],
+            ) -> StoreResult<()> {
+                let now = Utc::now();
+                let mut tx = self.begin_write().await?;
+                // Only an attempt nobody settled yet (the sync leaves it alone
+                // until its hold ends, and would have set the same id).
+                sqlx::query(
+                    "UPDATE batches SET elevenlabs_batch_id = $2, status = $3, submit_state = 'submitted',
+                        created_at_unix = $4, last_updated_at_unix = $4, raw = $5, next_sync_at = $6, updated_at = $6
+                     WHERE id = $1 AND submit_state = 'unknown' AND elevenlabs_batch_id IS NULL",
+                )
+                .bind(batch_id)
+                .bind(&accepted.elevenlabs_batch_id)
+                .bind(&accepted.status)
+                .bind(accepted.created_at_unix)
+                .bind(Json(&accepted.raw))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                // The people in a batch have been contacted (API.md §4 client status).
+                Self::mark_contacted(&mut tx, batch_id, now, calls).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn discard_batch(&self, batch_id: i64) -> StoreResult<()> {
+                let mut tx = self.begin_write().await?;
+                let gone = sqlx::query(
+                    "DELETE FROM batches WHERE id = $1 AND submit_state = 'unknown' AND elevenlabs_batch_id IS NULL",
+                )
+                .bind(batch_id)
+                .execute(&mut *tx)
+                .await?;
+                if gone.rows_affected() == 1 {
+                    sqlx::query("DELETE FROM call_records WHERE batch_id = $1")
+                        .bind(batch_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    // The rollup's rows for the batch are all zero now: gone too,
+                    // so a refused launch leaves the statistics as they were.
+                    sqlx::query("DELETE FROM call_stats_hourly WHERE batch_id = $1")
+                        .bind(batch_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn release_unverified_batch(&self, batch_id: i64, calls: &[NewCallRecord]) -> StoreResult<()> {
+                let now = Utc::now();
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE batches SET next_sync_at = $2, updated_at = $2
+                     WHERE id = $1 AND submit_state = 'unknown'",
+                )
+                .bind(batch_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                // Perhaps dialled: never offered as uncalled until the sync gives it up.
+                Self::mark_contacted(&mut tx, batch_id, now, calls).await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn add_do_not_call(&self, phone_e164: &str, reason: Option<&str>, created_by: i64) -> StoreResult<DoNotCall> {

@@ -163,8 +163,36 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
         group_id: i64,
         since: DateTime<Utc>,
     ) -> StoreResult<Option<Option<String>>>;
-    /// Stores a batch and its call records in one transaction; returns the batch's row id.
-    async fn record_batch(&self, batch: &NewBatch, calls: &[NewCallRecord]) -> StoreResult<i64>;
+    /// A launch's part, written before it is submitted (write-ahead): the batch
+    /// row as an `unknown` attempt without an ElevenLabs id, which the sync
+    /// leaves alone until `hold_until`, and one `pending` call record per
+    /// recipient, in one transaction; returns the row id. Whatever happens
+    /// next (a crash included), the attempt is confirmed, discarded, or
+    /// reconciled by the sync: ElevenLabs never calls a batch we do not know.
+    async fn prewrite_batch(
+        &self,
+        batch: &NewBatch,
+        calls: &[NewCallRecord],
+        hold_until: DateTime<Utc>,
+    ) -> StoreResult<i64>;
+    /// ElevenLabs accepted the part: its id and answer go on the row (unless
+    /// something settled it already) and its `pending` clients become `contacted`.
+    async fn confirm_batch(
+        &self,
+        batch_id: i64,
+        accepted: &AcceptedBatch,
+        calls: &[NewCallRecord],
+    ) -> StoreResult<()>;
+    /// ElevenLabs certainly did not take the part: the row and its call records
+    /// go, as if never written.
+    async fn discard_batch(&self, batch_id: i64) -> StoreResult<()>;
+    /// The submit's outcome is unknown: the sync may reconcile the attempt from
+    /// now on, and its clients count as contacted meanwhile.
+    async fn release_unverified_batch(
+        &self,
+        batch_id: i64,
+        calls: &[NewCallRecord],
+    ) -> StoreResult<()>;
 
     async fn add_do_not_call(
         &self,

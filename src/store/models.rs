@@ -323,6 +323,15 @@ pub struct NewBatch {
     pub raw: serde_json::Value,
 }
 
+/// What ElevenLabs answered to an accepted submit.
+#[derive(Debug, Clone)]
+pub struct AcceptedBatch {
+    pub elevenlabs_batch_id: String,
+    pub status: String,
+    pub created_at_unix: Option<i64>,
+    pub raw: serde_json::Value,
+}
+
 /// One recipient of a batch.
 #[derive(Debug, Clone)]
 pub struct NewCallRecord {

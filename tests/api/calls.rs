@@ -36,7 +36,8 @@ both_backends!(
     only_uncalled_calls_the_clients_added_since,
     concurrent_only_uncalled_launches_give_one_batch,
     an_only_uncalled_launch_whose_list_went_stale_is_a_conflict,
-    a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent,
+    a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync,
+    a_part_that_cannot_be_written_is_never_sent,
     do_not_call_list_is_managed_by_admins,
 );
 
@@ -717,6 +718,21 @@ async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
             0,
             "{status}"
         );
+        // The part was written ahead, then discarded: no trace in the statistics.
+        assert_eq!(
+            app.db
+                .scalar("SELECT COUNT(*) FROM call_stats_hourly")
+                .await,
+            0,
+            "{status}"
+        );
+        assert_eq!(
+            app.db
+                .scalar("SELECT COUNT(*) FROM clients WHERE status = 'pending'")
+                .await,
+            3,
+            "{status}"
+        );
     }
     // The launch lock is released after a failure: the next attempt goes through.
     sim.clear_faults();
@@ -901,16 +917,16 @@ async fn a_key_retried_after_a_partial_launch_replays_the_answer(backend: Backen
     );
 }
 
-/// Part 2 of 2 is refused: `onlyUncalled` calls the rest, nobody twice, and
+/// Part 2 of 3 is refused: `onlyUncalled` calls the rest, nobody twice, and
 /// needs no wait (repeating it finds nobody left).
 async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
     let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..10_005 {
+    for i in 0..20_005 {
         csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
     }
-    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let group = group_id(&app, &token, json!({"name": "Tres partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
     let sim = sim(&app);
     sim.clear_requests();
     sim.inject(
@@ -928,7 +944,7 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
     let data = &first.body["data"];
     assert_eq!(data["batchIds"].as_array().map(Vec::len), Some(1));
     assert_eq!(data["partsSent"], 1);
-    assert_eq!(data["partsTotal"], 2);
+    assert_eq!(data["partsTotal"], 3);
     assert!(
         data["resume"]
             .as_str()
@@ -943,8 +959,14 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
         .map(|r| r["phone_number"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(part_one.len(), 10_000);
+    // Part 2 (refused) and part 3 (written ahead, never sent) left nothing behind.
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_000
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
 
-    // At once, without a key: not a double launch, only the five left.
+    // At once, without a key: not a double launch, only the 10,005 left.
     sim.clear_requests();
     let rest = call(
         &app,
@@ -955,38 +977,37 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
     .await;
     rest.assert_ok(
         200,
-        "Llamadas iniciadas exitosamente para el grupo \"Dos partes\"",
+        "Llamadas iniciadas exitosamente para el grupo \"Tres partes\"",
     );
     let data = &rest.body["data"];
-    assert_eq!(data["recipientsCount"], 5);
-    assert_eq!(data["totalClientsInGroup"], 10_005);
+    assert_eq!(data["recipientsCount"], 10_005);
+    assert_eq!(data["totalClientsInGroup"], 20_005);
     assert_eq!(data["excludedClients"], 10_000);
     assert_eq!(
         data["excluded"],
         json!({"invalidPhone": 0, "doNotCall": 0, "duplicate": 0, "alreadyCalled": 10_000})
     );
     let sent = submits(&sim);
-    assert_eq!(sent.len(), 1);
-    let numbers: Vec<&str> = sent[0]["recipients"]
-        .as_array()
-        .unwrap()
+    assert_eq!(sent.len(), 2);
+    let numbers: Vec<&str> = sent
         .iter()
+        .flat_map(|b| b["recipients"].as_array().unwrap())
         .map(|r| r["phone_number"].as_str().unwrap())
         .collect();
-    assert_eq!(numbers.len(), 5);
+    assert_eq!(numbers.len(), 10_005);
     assert!(
         numbers.iter().all(|n| !part_one.contains(*n)),
         "{numbers:?}"
     );
     assert_eq!(
         app.db.scalar("SELECT COUNT(*) FROM call_records").await,
-        10_005
+        20_005
     );
     assert_eq!(
         app.db
             .scalar("SELECT COUNT(DISTINCT client_id) FROM call_records")
             .await,
-        10_005,
+        20_005,
         "every client in exactly one batch"
     );
 
@@ -1006,12 +1027,12 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
     assert!(
         again.body["error"]
             .as_str()
-            .is_some_and(|e| e.starts_with("10005 clientes ya fueron incluidos")),
+            .is_some_and(|e| e.starts_with("20005 clientes ya fueron incluidos")),
         "{}",
         again.text
     );
     assert!(submits(&sim).is_empty());
-    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 3);
 }
 
 /// Clients added after a launch: `onlyUncalled` calls just them; the flag
@@ -1135,10 +1156,11 @@ async fn an_only_uncalled_launch_whose_list_went_stale_is_a_conflict(backend: Ba
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 3);
 }
 
-/// ElevenLabs accepts both parts but part 1 cannot be stored (a trigger
-/// refuses it): 500 naming both batches, and part 2 is fully stored before
-/// the answer (the launch waits for every part it started to store).
-async fn a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent(backend: Backend) {
+/// ElevenLabs accepts both parts but part 1's confirmation cannot be stored
+/// (a trigger refuses it): 500 naming both batches. Part 1 was written before
+/// it was sent, so it stays an unverified attempt with its call records: the
+/// sync reconciles it, and nobody looks uncalled meanwhile.
+async fn a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
     let mut csv = String::from("nombre,telefono,monto\n");
@@ -1149,14 +1171,16 @@ async fn a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent(backend: 
     app.db
         .execute(match backend {
             Backend::Sqlite => {
-                "CREATE TRIGGER refuse_part_one BEFORE INSERT ON batches WHEN NEW.part_index = 1
+                "CREATE TRIGGER refuse_confirm BEFORE UPDATE ON batches
+                 WHEN NEW.part_index = 1 AND NEW.submit_state = 'submitted'
                  BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
             }
             Backend::Postgres => {
-                "CREATE FUNCTION refuse_part_one() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN IF NEW.part_index = 1 THEN RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
-                 CREATE TRIGGER refuse_part_one BEFORE INSERT ON batches
-                 FOR EACH ROW EXECUTE FUNCTION refuse_part_one()"
+                "CREATE FUNCTION refuse_confirm() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.part_index = 1 AND NEW.submit_state = 'submitted' THEN
+                   RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_confirm BEFORE UPDATE ON batches
+                 FOR EACH ROW EXECUTE FUNCTION refuse_confirm()"
             }
         })
         .await;
@@ -1170,29 +1194,113 @@ async fn a_part_that_cannot_be_stored_is_a_500_naming_every_batch_sent(backend: 
         "no internals: {}",
         reply.text
     );
-    assert!(
-        reply.body["data"].get("resume").is_none(),
-        "its people would look uncalled: no advice to resume"
-    );
-    assert_eq!(
-        reply.body["data"]["batchIds"].as_array().map(Vec::len),
-        Some(2),
-        "{}",
-        reply.text
-    );
+    let sent = reply.body["data"]["batchIds"].as_array().cloned();
+    assert_eq!(sent.as_ref().map(Vec::len), Some(2), "{}", reply.text);
+    assert_eq!(reply.body["data"]["partsSent"], 2);
     assert_eq!(submits(&sim).len(), 2);
-    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_005
+    );
     assert_eq!(
         app.db
-            .scalar("SELECT COUNT(*) FROM call_records r JOIN batches b ON b.id = r.batch_id WHERE b.part_index = 2")
+            .scalar("SELECT COUNT(*) FROM batches WHERE part_index = 1 AND submit_state = 'unknown' AND elevenlabs_batch_id IS NULL")
             .await,
-        5
+        1
     );
-    // The group is free again, and a plain relaunch within the window is refused.
-    let again = call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(
+        app.db
+            .scalar(
+                "SELECT COUNT(*) FROM batches WHERE part_index = 2 AND submit_state = 'submitted'"
+            )
+            .await,
+        1
+    );
+    // Its people are not offered as uncalled meanwhile.
+    let rest = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    rest.assert_error(
+        400,
+        "No se encontraron clientes con números telefónicos válidos en el grupo",
+    );
+    assert_eq!(submits(&sim).len(), 2);
+
+    // The storage is well again and the attempt's hold is over: the sync finds
+    // part 1 at ElevenLabs (same name, same people) and takes its id.
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => "DROP TRIGGER refuse_confirm",
+            Backend::Postgres => "DROP TRIGGER refuse_confirm ON batches",
+        })
+        .await;
+    app.db
+        .execute("UPDATE batches SET next_sync_at = NULL WHERE submit_state = 'unknown'")
+        .await;
+    let report = marcador::sync::SyncWorker::with_owner(&app.state, "w")
+        .tick()
+        .await;
+    assert_eq!(report.reconciled, 1, "{report:?}");
+    let first = sent
+        .as_ref()
+        .and_then(|s| s[0].as_str())
+        .unwrap_or_default();
+    assert_eq!(
+        app.db
+            .scalar(&format!("SELECT COUNT(*) FROM batches WHERE part_index = 1 AND submit_state = 'submitted' AND elevenlabs_batch_id = '{first}'"))
+            .await,
+        1
+    );
+    let again = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
     again.assert_error(
-        409,
-        "Ya se iniciaron llamadas para este grupo hace un momento",
+        400,
+        "No se encontraron clientes con números telefónicos válidos en el grupo",
+    );
+    assert_eq!(submits(&sim).len(), 2, "nobody called twice");
+}
+
+/// A part that cannot be written ahead is never sent: 500, nothing at
+/// ElevenLabs, nothing stored.
+async fn a_part_that_cannot_be_written_is_never_sent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_batches BEFORE INSERT ON batches
+                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_batches() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'disco lleno'; END $$;
+                 CREATE TRIGGER refuse_batches BEFORE INSERT ON batches
+                 FOR EACH ROW EXECUTE FUNCTION refuse_batches()"
+            }
+        })
+        .await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(reply.status, 500, "{}", reply.text);
+    assert_eq!(reply.body["data"], Value::Null, "{}", reply.text);
+    assert!(submits(&sim).is_empty());
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 0);
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM clients WHERE status = 'pending'")
+            .await,
+        3
     );
 }
 
