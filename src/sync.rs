@@ -26,9 +26,10 @@ use crate::store::sync::{BatchSnapshot, RecipientSnapshot, SyncBatch, is_final_b
 const CLAIM_SIZE: i64 = 8;
 /// Claims per tick at most, so a tick ends even with thousands of batches due.
 const MAX_ROUNDS: usize = 25;
-/// A timed-out submit not found at ElevenLabs after this long never happened.
+/// An unverified submit (timed out, or written ahead by a launch that never
+/// confirmed it) not found at ElevenLabs after this long never happened.
 const UNKNOWN_SUBMIT_GIVE_UP_SECS: i64 = 15 * 60;
-/// Pages of the workspace batch list read when looking for a timed-out submit.
+/// Pages of the workspace batch list read when looking for an unverified submit.
 const RECONCILE_PAGES: usize = 5;
 /// Conversations read per batch and tick at most, and at once.
 const CONVERSATIONS_PER_TICK: i64 = 500;
@@ -225,7 +226,7 @@ impl SyncWorker {
                             .await?;
                         tracing::warn!(
                             batch = batch.id,
-                            "sync: a timed-out submit never reached ElevenLabs; batch marked failed"
+                            "sync: an unverified submit never reached ElevenLabs; batch marked failed"
                         );
                         outcome.finalized = true;
                         outcome.reconciled = true;
@@ -344,7 +345,7 @@ impl SyncWorker {
         Ok((read, left))
     }
 
-    /// Looks a timed-out submit up by its name in the workspace list. Found:
+    /// Looks an unverified submit up by its name in the workspace list. Found:
     /// the batch is recorded as submitted and its id returned.
     async fn reconcile(&self, batch: &SyncBatch) -> anyhow::Result<Reconciled> {
         let created = batch.created_at.timestamp();
@@ -378,7 +379,7 @@ impl SyncWorker {
                 {
                     tracing::info!(
                         batch = batch.id,
-                        "sync: timed-out submit found at ElevenLabs"
+                        "sync: unverified submit found at ElevenLabs"
                     );
                     return Ok(Reconciled::Found(candidate.id.clone()));
                 }

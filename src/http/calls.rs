@@ -707,7 +707,9 @@ fn submit_error(err: &ElevenLabsError) -> ApiError {
 
 type StoreTask<T> = tokio::task::JoinHandle<(std::time::Instant, crate::store::StoreResult<T>)>;
 
-/// Confirms an accepted part in the background.
+/// Confirms an accepted part in the background. A confirmation is
+/// idempotent, so a storage error is tried again twice (after 0.2 s, then
+/// 1 s) before the part is left to the sync, which must then find it by name.
 fn spawn_confirm(
     state: &AppState,
     row_id: i64,
@@ -717,10 +719,15 @@ fn spawn_confirm(
     let store = state.store.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        (
-            started,
-            store.confirm_batch(row_id, &accepted, &calls).await,
-        )
+        let mut outcome = store.confirm_batch(row_id, &accepted, &calls).await;
+        for pause in [200, 1_000] {
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            outcome = store.confirm_batch(row_id, &accepted, &calls).await;
+        }
+        (started, outcome)
     })
 }
 
@@ -739,35 +746,55 @@ fn partial_data(batch_ids: &[String], parts: usize, uncertain: bool) -> Option<V
 
 /// A storage failure after parts were sent: a 500 that names them, so nobody
 /// relaunches blindly. (Every part sent was written ahead, so `onlyUncalled`
-/// still leaves its people out.)
-fn storage_failure(failure: String, batch_ids: &[String], parts: usize) -> ApiError {
+/// still leaves its people out.) `unverified`: a part is left for the sync to
+/// verify, so the advice is to wait.
+fn storage_failure(
+    failure: String,
+    batch_ids: &[String],
+    parts: usize,
+    unverified: bool,
+) -> ApiError {
     tracing::error!(error = %failure, batches = ?batch_ids, "launch: a part could not be stored");
     let api = ApiError::internal(failure);
-    match partial_data(batch_ids, parts, false) {
+    match partial_data(batch_ids, parts, unverified) {
         Some(data) => api.with_data(data),
         None => api,
     }
 }
 
-/// Waits for a part's store task.
+/// Waits for a part's store task (a failed confirmation leaves that part
+/// unverified; a failed write ahead leaves nothing).
 async fn finish_store<T>(
     task: StoreTask<T>,
-    what: &'static str,
+    step: Step,
     batch_ids: &[String],
     parts: usize,
 ) -> ApiResult<T> {
     let failure = match task.await {
         Ok((started, Ok(value))) => {
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "launch: {what}"
-            );
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match step {
+                Step::WrittenAhead => tracing::debug!(elapsed_ms, "launch: part written ahead"),
+                Step::Confirmed => tracing::debug!(elapsed_ms, "launch: batch confirmed"),
+            }
             return Ok(value);
         }
         Ok((_, Err(err))) => err.to_string(),
         Err(err) => err.to_string(),
     };
-    Err(storage_failure(failure, batch_ids, parts))
+    Err(storage_failure(
+        failure,
+        batch_ids,
+        parts,
+        matches!(step, Step::Confirmed),
+    ))
+}
+
+/// The two stores of a part, for [`finish_store`].
+#[derive(Clone, Copy)]
+enum Step {
+    WrittenAhead,
+    Confirmed,
 }
 
 /// Waits for every confirmation still running, even after one failed (the
@@ -780,7 +807,7 @@ async fn finish_all(
 ) -> ApiResult<()> {
     let mut first = Ok(());
     while let Some(task) = confirming.pop_front() {
-        let done = finish_store(task, "batch confirmed", batch_ids, parts).await;
+        let done = finish_store(task, Step::Confirmed, batch_ids, parts).await;
         if first.is_ok() {
             first = done;
         }
@@ -893,7 +920,7 @@ async fn submit(
         let Some((chunk, calls, name, write)) = ahead.take() else {
             break;
         };
-        let row_id = match finish_store(write, "part written ahead", &batch_ids, parts).await {
+        let row_id = match finish_store(write, Step::WrittenAhead, &batch_ids, parts).await {
             Ok(id) => id,
             Err(err) => {
                 let _ = finish_all(&mut confirming, &batch_ids, parts).await;
@@ -951,8 +978,7 @@ async fn submit(
                     let Some(oldest) = confirming.pop_front() else {
                         break;
                     };
-                    if let Err(err) =
-                        finish_store(oldest, "batch confirmed", &batch_ids, parts).await
+                    if let Err(err) = finish_store(oldest, Step::Confirmed, &batch_ids, parts).await
                     {
                         // The others end before the group's lock is let go.
                         let _ = finish_all(&mut confirming, &batch_ids, parts).await;
@@ -973,13 +999,16 @@ async fn submit(
                 } else {
                     state.store.discard_batch(row_id).await
                 };
+                if let Err(failure) = settled {
+                    // The attempt stays `unknown` and held: the sync verifies it
+                    // when the hold ends (and gives up a refused one). The answer
+                    // is still ElevenLabs' own.
+                    tracing::error!(error = %failure, uncertain, "launch: a failed part could not be settled; left to the sync");
+                }
                 if let Some((_, _, _, write)) = ahead.take() {
                     discard_written(state, write).await;
                 }
                 finish_all(&mut confirming, &batch_ids, parts).await?;
-                if let Err(failure) = settled {
-                    return Err(storage_failure(failure.to_string(), &batch_ids, parts));
-                }
                 let mut api = submit_error(&err);
                 if uncertain {
                     // ElevenLabs may have created the batch: the attempt stays for

@@ -916,7 +916,7 @@ macro_rules! shared_store_impl {
                 let mut tx = self.begin_write().await?;
                 // Only an attempt nobody settled yet (the sync leaves it alone
                 // until its hold ends, and would have set the same id).
-                sqlx::query(
+                let confirmed = sqlx::query(
                     "UPDATE batches SET elevenlabs_batch_id = $2, status = $3, submit_state = 'submitted',
                         created_at_unix = $4, last_updated_at_unix = $4, raw = $5, next_sync_at = $6, updated_at = $6
                      WHERE id = $1 AND submit_state = 'unknown' AND elevenlabs_batch_id IS NULL",
@@ -929,6 +929,21 @@ macro_rules! shared_store_impl {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if confirmed.rows_affected() == 0 {
+                    let id: Option<Option<String>> =
+                        sqlx::query_scalar("SELECT elevenlabs_batch_id FROM batches WHERE id = $1")
+                            .bind(batch_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if id.flatten().as_deref() != Some(accepted.elevenlabs_batch_id.as_str()) {
+                        // Given up (or gone) although ElevenLabs took it: only
+                        // possible when the confirmation came over 15 minutes late.
+                        tracing::error!(
+                            batch = batch_id,
+                            "launch: an accepted part was settled otherwise before its confirmation"
+                        );
+                    }
+                }
                 // The people in a batch have been contacted (API.md §4 client status).
                 Self::mark_contacted(&mut tx, batch_id, now, calls).await?;
                 tx.commit().await?;

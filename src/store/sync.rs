@@ -259,7 +259,8 @@ pub trait SyncStore: Send + Sync {
         next_sync_at: DateTime<Utc>,
     ) -> StoreResult<()>;
 
-    /// A timed-out submit found at ElevenLabs (`Some`), or given up (`None`:
+    /// An unverified submit (timed out, or written ahead and never confirmed)
+    /// found at ElevenLabs (`Some`), or given up (`None`:
     /// the batch and its calls become `failed`, `not_submitted`).
     async fn resolve_unknown_submit(
         &self,
@@ -505,20 +506,34 @@ macro_rules! sync_store_impl {
                     let now = Utc::now();
                     let mut tx = self.begin_write().await?;
                     let updated = match found {
-                        Some((elevenlabs_id, snapshot)) => sqlx::query(
-                            "UPDATE batches SET elevenlabs_batch_id = $3, submit_state = 'submitted', status = $4,
-                                total_calls_scheduled = $5, raw = $6, updated_at = $7
-                             WHERE id = $1 AND lease_owner = $2 AND submit_state = 'unknown'",
-                        )
-                        .bind(batch_id)
-                        .bind(owner)
-                        .bind(elevenlabs_id)
-                        .bind(&snapshot.status)
-                        .bind(snapshot.total_calls_scheduled)
-                        .bind(Json(&snapshot.raw))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?,
+                        Some((elevenlabs_id, snapshot)) => {
+                            let updated = sqlx::query(
+                                "UPDATE batches SET elevenlabs_batch_id = $3, submit_state = 'submitted', status = $4,
+                                    total_calls_scheduled = $5, raw = $6, updated_at = $7
+                                 WHERE id = $1 AND lease_owner = $2 AND submit_state = 'unknown'",
+                            )
+                            .bind(batch_id)
+                            .bind(owner)
+                            .bind(elevenlabs_id)
+                            .bind(&snapshot.status)
+                            .bind(snapshot.total_calls_scheduled)
+                            .bind(Json(&snapshot.raw))
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                            // They are in a batch: contacted (a part whose launch never
+                            // confirmed it has them still `pending`).
+                            sqlx::query(
+                                "UPDATE clients SET status = 'contacted', updated_at = $2
+                                 WHERE status = 'pending'
+                                   AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
+                            )
+                            .bind(batch_id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                            updated
+                        }
                         None => {
                             let updated = sqlx::query(
                                 "UPDATE batches SET submit_state = 'not_submitted', status = 'failed', is_final = TRUE,

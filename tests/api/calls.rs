@@ -38,6 +38,7 @@ both_backends!(
     an_only_uncalled_launch_whose_list_went_stale_is_a_conflict,
     a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync,
     a_part_that_cannot_be_written_is_never_sent,
+    a_later_part_that_cannot_be_written_is_never_sent,
     do_not_call_list_is_managed_by_admins,
 );
 
@@ -1197,7 +1198,16 @@ async fn a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync(backend: Ba
     let sent = reply.body["data"]["batchIds"].as_array().cloned();
     assert_eq!(sent.as_ref().map(Vec::len), Some(2), "{}", reply.text);
     assert_eq!(reply.body["data"]["partsSent"], 2);
+    assert!(
+        reply.body["data"]["resume"]
+            .as_str()
+            .is_some_and(|r| r.contains("se haya verificado")),
+        "wait for the sync first: {}",
+        reply.text
+    );
     assert_eq!(submits(&sim).len(), 2);
+    let pending = "SELECT COUNT(*) FROM clients WHERE status = 'pending'";
+    assert_eq!(app.db.scalar(pending).await, 10_000, "part 1's people");
     assert_eq!(
         app.db.scalar("SELECT COUNT(*) FROM call_records").await,
         10_005
@@ -1230,21 +1240,30 @@ async fn a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync(backend: Ba
     );
     assert_eq!(submits(&sim).len(), 2);
 
-    // The storage is well again and the attempt's hold is over: the sync finds
-    // part 1 at ElevenLabs (same name, same people) and takes its id.
+    // The storage is well again. Until the attempt's hold is over the sync
+    // leaves it alone; then it finds part 1 at ElevenLabs (same name, same
+    // people) and takes its id.
     app.db
         .execute(match backend {
             Backend::Sqlite => "DROP TRIGGER refuse_confirm",
             Backend::Postgres => "DROP TRIGGER refuse_confirm ON batches",
         })
         .await;
+    let worker = marcador::sync::SyncWorker::with_owner(&app.state, "w");
+    let report = worker.tick().await;
+    assert_eq!(report.reconciled, 0, "held: {report:?}");
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM batches WHERE submit_state = 'unknown'")
+            .await,
+        1
+    );
     app.db
         .execute("UPDATE batches SET next_sync_at = NULL WHERE submit_state = 'unknown'")
         .await;
-    let report = marcador::sync::SyncWorker::with_owner(&app.state, "w")
-        .tick()
-        .await;
+    let report = worker.tick().await;
     assert_eq!(report.reconciled, 1, "{report:?}");
+    assert_eq!(app.db.scalar(pending).await, 0, "in a batch: contacted");
     let first = sent
         .as_ref()
         .and_then(|s| s[0].as_str())
@@ -1302,6 +1321,87 @@ async fn a_part_that_cannot_be_written_is_never_sent(backend: Backend) {
             .await,
         3
     );
+}
+
+/// Part 2 of 2 cannot be written ahead: it is never sent; part 1 is confirmed,
+/// and `onlyUncalled` calls part 2's people later.
+async fn a_later_part_that_cannot_be_written_is_never_sent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..10_005 {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => {
+                "CREATE TRIGGER refuse_part_two BEFORE INSERT ON batches WHEN NEW.part_index = 2
+                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
+            }
+            Backend::Postgres => {
+                "CREATE FUNCTION refuse_part_two() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.part_index = 2 THEN RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_part_two BEFORE INSERT ON batches
+                 FOR EACH ROW EXECUTE FUNCTION refuse_part_two()"
+            }
+        })
+        .await;
+    let sim = sim(&app);
+    sim.clear_requests();
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    assert_eq!(reply.status, 500, "{}", reply.text);
+    assert_eq!(submits(&sim).len(), 1, "part 2 never sent");
+    let data = &reply.body["data"];
+    assert_eq!(
+        data["batchIds"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        reply.text
+    );
+    assert_eq!(data["partsSent"], 1);
+    assert_eq!(data["partsTotal"], 2);
+    assert!(
+        data["resume"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"onlyUncalled\": true (")),
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        app.db
+            .scalar(
+                "SELECT COUNT(*) FROM batches WHERE submit_state = 'submitted' AND part_index = 1"
+            )
+            .await,
+        1
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        10_000
+    );
+
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => "DROP TRIGGER refuse_part_two",
+            Backend::Postgres => "DROP TRIGGER refuse_part_two ON batches",
+        })
+        .await;
+    sim.clear_requests();
+    let rest = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    rest.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Dos partes\"",
+    );
+    assert_eq!(rest.body["data"]["recipientsCount"], 5);
+    assert_eq!(submits(&sim).len(), 1);
 }
 
 /// A refusal of the first part means nothing exists at ElevenLabs: the key is
