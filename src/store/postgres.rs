@@ -44,6 +44,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "webhook_lookups",
         include_str!("../../migrations/postgres/0008_webhook_lookups.sql"),
     ),
+    (
+        9,
+        "clients_import",
+        include_str!("../../migrations/postgres/0009_clients_import.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.

@@ -30,7 +30,7 @@ async fn migrate_then_create_user_from_the_command_line(backend: Backend) {
     );
     let applied = format!(
         "migrations applied: {:?}",
-        crate::store::migration_versions()
+        crate::store::migration_versions(backend)
     );
     assert!(stdout.contains(&applied), "{stdout}");
     let log_line = stdout

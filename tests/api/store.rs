@@ -18,6 +18,7 @@ both_backends!(
     patch_sets_clears_and_leaves_fields,
     update_of_a_missing_user_writes_nothing,
     audit_events_are_written_with_the_change,
+    clients_keep_their_group_foreign_key_only_on_sqlite,
 );
 
 fn new_user(name: &str) -> NewUser {
@@ -30,10 +31,16 @@ fn new_user(name: &str) -> NewUser {
     }
 }
 
-/// The versions of the migration files (`migrations/sqlite/NNNN_name.sql`), in
-/// order: every one of them is embedded and applied.
-pub fn migration_versions() -> Vec<i64> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+/// The versions of a backend's migration files
+/// (`migrations/{sqlite,postgres}/NNNN_name.sql`), in order: every one of them
+/// is embedded and applied.
+pub fn migration_versions(backend: Backend) -> Vec<i64> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        });
     let mut versions: Vec<i64> = std::fs::read_dir(&dir)
         .expect("migrations directory")
         .filter_map(|entry| {
@@ -47,7 +54,7 @@ pub fn migration_versions() -> Vec<i64> {
 
 async fn migrations_are_applied_once_and_reopening_is_harmless(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let versions = migration_versions();
+    let versions = migration_versions(backend);
     let first = store::connect(&db.url).await.unwrap();
     assert_eq!(first.applied_migrations().await.unwrap(), versions);
     first
@@ -68,10 +75,10 @@ async fn concurrent_openings_migrate_once(backend: Backend) {
     let (a, b) = tokio::join!(store::connect(&db.url), store::connect(&db.url));
     let versions = a.unwrap().applied_migrations().await.unwrap();
     b.unwrap();
-    assert_eq!(versions, migration_versions());
+    assert_eq!(versions, migration_versions(backend));
     assert_eq!(
         db.scalar("SELECT COUNT(*) FROM _migrations").await,
-        migration_versions().len() as i64
+        migration_versions(backend).len() as i64
     );
 }
 
@@ -245,4 +252,20 @@ async fn audit_events_are_written_with_the_change(backend: Backend) {
     assert_eq!(trail.len(), 1);
     assert_eq!(trail[0].action, "user.registered");
     assert_eq!(trail[0].details, json!({"open": true, "note": "ñandú"}));
+}
+
+/// Migration 9 (PostgreSQL): an import pays no referential check per client;
+/// SQLite keeps the check (dropping it would mean rebuilding the table).
+async fn clients_keep_their_group_foreign_key_only_on_sqlite(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    store::connect(&db.url).await.unwrap();
+    let keys = db
+        .scalar(match backend {
+            Backend::Sqlite => "SELECT COUNT(*) FROM pragma_foreign_key_list('clients')",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM pg_constraint WHERE conrelid = 'clients'::regclass AND contype = 'f'"
+            }
+        })
+        .await;
+    assert_eq!(keys, if backend == Backend::Sqlite { 1 } else { 0 });
 }
