@@ -330,6 +330,7 @@ pub async fn create_group(
     let agent_id = clean(body.agent_id);
     verify_agent(&state, agent_id.as_deref()).await?;
 
+    let started = std::time::Instant::now();
     let mut report = match clean(body.base64) {
         Some(base64) => Some(
             parse_upload(
@@ -345,6 +346,11 @@ pub async fn create_group(
         None => None,
     };
     let clients = report.as_mut().map(take_clients).unwrap_or_default();
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        clients = clients.len(),
+        "create group: file parsed"
+    );
     let found = clients.len();
     let new = NewGroup {
         name,
@@ -371,6 +377,10 @@ pub async fn create_group(
         .create_group(new, &clients, max as i64)
         .await
         .map_err(|e| group_write_error(e, max))?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "create group: stored"
+    );
     drop(clients);
     let file_processing = report.map(|r| FileProcessing::new(r, found, inserted));
     Ok(created(
