@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::validate_email;
 use super::groups::{
-    FileProcessing, group_write_error, nullable, parse_upload, take_clients, visible_group,
+    FileProcessing, file_verdict, group_write_error, nullable, parse_upload, visible_group,
 };
 use super::{Envelope, PageParams, PageQuery, Pagination, clean, created, ok, paginated};
 use crate::app::AppState;
@@ -242,23 +242,20 @@ pub async fn import_clients(
         return Err(ApiError::bad_request(MSG_FILE_REQUIRED));
     };
     let existing = state.store.group_numbers(group.id).await?;
-    let mut report = parse_upload(
+    let (feed, parsing) = parse_upload(
         &state,
         base64,
         body.document_name,
         &group.selected_country_code,
         &group.prefix,
         existing,
-    )
-    .await?;
-    let clients = take_clients(&mut report);
-    let found = clients.len();
+    );
     let max = state.config.max_clients_per_group;
-    let inserted = state
-        .store
-        .import_clients(group.id, &clients, max as i64)
-        .await
-        .map_err(|e| group_write_error(e, max))?;
+    // Stored while it is read; the file's verdict answers first.
+    let stored = state.store.import_clients(group.id, feed, max as i64).await;
+    let report = file_verdict(parsing).await?;
+    let inserted = stored.map_err(|e| group_write_error(e, max))?;
+    let found = report.streamed;
     let clients_count = group.clients_count + inserted as i64;
     Ok(created(
         "Clientes importados exitosamente",

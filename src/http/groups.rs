@@ -15,7 +15,8 @@ use crate::extract::{ApiJson, ApiQuery, AuthUser, PathIds};
 use crate::import::{self, ImportOptions, ImportReport};
 use crate::phone;
 use crate::store::{
-    ClientQuery, Group, GroupPatch, GroupQuery, NewClient, NewGroup, Scope, StoreError, User,
+    ClientFeed, ClientFeedReceiver, ClientQuery, Group, GroupPatch, GroupQuery, NewClient,
+    NewGroup, Scope, StoreError, User, client_feed_of,
 };
 
 pub const MSG_GROUP_NOT_FOUND: &str = "Grupo no encontrado";
@@ -97,7 +98,7 @@ pub struct FileProcessing {
 }
 
 impl FileProcessing {
-    /// `found` is how many clients the file gave (see [`take_clients`]);
+    /// `found` is how many clients the file gave (`ImportReport::streamed`);
     /// `inserted` may be below it when a number reached the group between
     /// parsing and inserting: those count as duplicates.
     pub fn new(report: ImportReport, found: usize, inserted: u64) -> Self {
@@ -218,15 +219,22 @@ async fn resolve_owner(
     }
 }
 
-/// Decodes and parses an uploaded spreadsheet on a blocking thread.
-pub(crate) async fn parse_upload(
+/// Decodes and parses an uploaded spreadsheet on a blocking thread, handing
+/// its clients to the returned feed in chunks as they are read (`End` only
+/// once the whole file is good), so that the store can write them meanwhile.
+/// The handle gives the file's verdict and report; a refused file closes the
+/// feed without `End`, and the store keeps nothing.
+pub(crate) fn parse_upload(
     state: &AppState,
     base64: String,
     document_name: Option<String>,
     region: &str,
     prefix: &str,
     existing: Vec<String>,
-) -> ApiResult<ImportReport> {
+) -> (
+    ClientFeedReceiver,
+    tokio::task::JoinHandle<Result<ImportReport, import::ImportError>>,
+) {
     let options = ImportOptions {
         region: region.to_owned(),
         prefix: prefix.to_owned(),
@@ -235,15 +243,31 @@ pub(crate) async fn parse_upload(
         max_upload_mb: state.config.max_upload_mb,
     };
     let name = document_name.unwrap_or_default();
-    let outcome = tokio::task::spawn_blocking(move || {
+    let (sender, feed) = tokio::sync::mpsc::channel(2);
+    let parsing = tokio::task::spawn_blocking(move || {
         let bytes = import::decode_base64(&base64)?;
         import::check_size(bytes.len(), &options)?;
         let existing = existing.into_iter().collect();
-        import::parse_clients(&bytes, &name, &options, &existing)
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    outcome.map_err(import_error)
+        // A store that stopped listening (it failed) still lets the file be
+        // read to its verdict, which answers first.
+        let mut sink = |chunk: Vec<import::ParsedClient>| {
+            let _ = sender.blocking_send(ClientFeed::Chunk(new_clients(chunk)));
+        };
+        let report = import::parse_clients_streamed(&bytes, &name, &options, &existing, &mut sink)?;
+        let _ = sender.blocking_send(ClientFeed::End);
+        Ok(report)
+    });
+    (feed, parsing)
+}
+
+/// The file's verdict: its report, or the contract's answer for a refused file.
+pub(crate) async fn file_verdict(
+    parsing: tokio::task::JoinHandle<Result<ImportReport, import::ImportError>>,
+) -> ApiResult<ImportReport> {
+    parsing
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(import_error)
 }
 
 pub(crate) fn import_error(err: import::ImportError) -> ApiError {
@@ -255,9 +279,9 @@ pub(crate) fn import_error(err: import::ImportError) -> ApiError {
     api
 }
 
-/// Moves the parsed clients out of the report (no copy: a file may hold 200,000).
-pub(crate) fn take_clients(report: &mut ImportReport) -> Vec<NewClient> {
-    std::mem::take(&mut report.clients)
+/// Parsed clients as the store takes them (moved, not copied).
+fn new_clients(parsed: Vec<import::ParsedClient>) -> Vec<NewClient> {
+    parsed
         .into_iter()
         .map(|c| NewClient {
             external_id: c.external_id,
@@ -331,27 +355,20 @@ pub async fn create_group(
     verify_agent(&state, agent_id.as_deref()).await?;
 
     let started = std::time::Instant::now();
-    let mut report = match clean(body.base64) {
-        Some(base64) => Some(
-            parse_upload(
+    let (feed, parsing) = match clean(body.base64) {
+        Some(base64) => {
+            let (feed, parsing) = parse_upload(
                 &state,
                 base64,
                 body.document_name,
                 &region,
                 &prefix,
                 Vec::new(),
-            )
-            .await?,
-        ),
-        None => None,
+            );
+            (feed, Some(parsing))
+        }
+        None => (client_feed_of(Vec::new()), None),
     };
-    let clients = report.as_mut().map(take_clients).unwrap_or_default();
-    tracing::debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        clients = clients.len(),
-        "create group: file parsed"
-    );
-    let found = clients.len();
     let new = NewGroup {
         name,
         description: clean(body.description),
@@ -372,17 +389,22 @@ pub async fn create_group(
         created_by,
     };
     let max = state.config.max_clients_per_group;
-    let (group, inserted) = state
-        .store
-        .create_group(new, &clients, max as i64)
-        .await
-        .map_err(|e| group_write_error(e, max))?;
+    // The file is stored while it is read; its verdict answers first (a bad
+    // file is a 400 even when the name is also taken).
+    let stored = state.store.create_group(new, feed, max as i64).await;
+    let report = match parsing {
+        Some(parsing) => Some(file_verdict(parsing).await?),
+        None => None,
+    };
+    let (group, inserted) = stored.map_err(|e| group_write_error(e, max))?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "create group: stored"
+        "create group: file read and stored"
     );
-    drop(clients);
-    let file_processing = report.map(|r| FileProcessing::new(r, found, inserted));
+    let file_processing = report.map(|r| {
+        let found = r.streamed;
+        FileProcessing::new(r, found, inserted)
+    });
     Ok(created(
         "Grupo creado exitosamente",
         GroupWithImport {

@@ -174,8 +174,11 @@ pub struct RowError {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImportReport {
-    /// Valid first occurrences, in file order.
+    /// Valid first occurrences, in file order (those not handed to a sink, see
+    /// [`parse_clients_streamed`]).
     pub clients: Vec<ParsedClient>,
+    /// Valid first occurrences handed to the sink as the file was read.
+    pub streamed: usize,
     /// Non-blank data rows (valid, duplicate or invalid).
     pub total_rows: usize,
     /// Valid numbers seen before (earlier in the file or already in the group).
@@ -315,11 +318,43 @@ pub fn parse_clients(
         .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
 }
 
+/// Clients handed to a sink at a time by [`parse_clients_streamed`].
+pub const STREAM_CHUNK: usize = 10_000;
+
+/// [`parse_clients`], handing the valid clients to `sink` in chunks of
+/// [`STREAM_CHUNK`] as the file is read, so that they can be stored while the
+/// rest is parsed. The verdict still comes at the end: a file refused then
+/// (too many rows, say) has had chunks handed over already, which the caller
+/// must throw away. The last chunk is handed over only when the file is good.
+pub fn parse_clients_streamed(
+    bytes: &[u8],
+    document_name: &str,
+    options: &ImportOptions,
+    existing: &HashSet<String>,
+    sink: &mut dyn FnMut(Vec<ParsedClient>),
+) -> Result<ImportReport, ImportError> {
+    let parse = std::panic::AssertUnwindSafe(|| {
+        parse_with(bytes, document_name, options, existing, Some(sink))
+    });
+    std::panic::catch_unwind(parse)
+        .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
+}
+
 fn parse_unguarded(
     bytes: &[u8],
     document_name: &str,
     options: &ImportOptions,
     existing: &HashSet<String>,
+) -> Result<ImportReport, ImportError> {
+    parse_with(bytes, document_name, options, existing, None)
+}
+
+fn parse_with<'a>(
+    bytes: &[u8],
+    document_name: &str,
+    options: &'a ImportOptions,
+    existing: &'a HashSet<String>,
+    sink: Option<&'a mut dyn FnMut(Vec<ParsedClient>)>,
 ) -> Result<ImportReport, ImportError> {
     check_size(bytes.len(), options)?;
     let format = reader::format_of(document_name).ok_or(ImportError::UnsupportedFormat)?;
@@ -331,6 +366,7 @@ fn parse_unguarded(
         seen: HashSet::new(),
         data_rows: 0,
         report: ImportReport::default(),
+        sink,
     };
     reader::read_rows(bytes, format, &mut builder)?;
     builder.finish()
@@ -376,6 +412,8 @@ struct Builder<'a> {
     /// Non-blank rows after the header.
     data_rows: usize,
     report: ImportReport,
+    /// Where full chunks of clients go as they are read, if anywhere.
+    sink: Option<&'a mut dyn FnMut(Vec<ParsedClient>)>,
 }
 
 impl RowSink for Builder<'_> {
@@ -446,6 +484,9 @@ impl RowSink for Builder<'_> {
             *target = Some(value.to_owned());
         }
         self.report.clients.push(client);
+        if self.report.clients.len() >= STREAM_CHUNK {
+            self.hand_over();
+        }
         Ok(())
     }
 }
@@ -455,8 +496,22 @@ impl Builder<'_> {
     /// moved through a dozen reallocations (never past `max_rows`).
     fn reserve(&mut self, rows: usize) {
         let rows = rows.min(self.options.max_rows);
-        self.report.clients.reserve(rows);
+        let held = if self.sink.is_some() {
+            rows.min(STREAM_CHUNK)
+        } else {
+            rows
+        };
+        self.report.clients.reserve(held);
         self.seen.reserve(rows);
+    }
+
+    /// The clients read so far go to the sink (when there is one).
+    fn hand_over(&mut self) {
+        if let Some(sink) = self.sink.as_mut() {
+            let chunk = std::mem::take(&mut self.report.clients);
+            self.report.streamed += chunk.len();
+            sink(chunk);
+        }
     }
 
     fn finish(mut self) -> Result<ImportReport, ImportError> {
@@ -468,6 +523,9 @@ impl Builder<'_> {
                 rows: self.data_rows,
                 max: self.options.max_rows,
             });
+        }
+        if !self.report.clients.is_empty() {
+            self.hand_over();
         }
         self.report.total_rows = self.data_rows;
         Ok(self.report)

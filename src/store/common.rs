@@ -175,18 +175,51 @@ macro_rules! shared_store_impl {
             })
         }
 
-        /// Inserts clients in multi-row statements, skipping numbers already live in
+        /// Every chunk of the feed, once it has ended (a backend that would hold
+        /// its one writer's lock while the file is read takes them all first).
+        async fn receive_all(feed: &mut $crate::store::ClientFeedReceiver) -> StoreResult<Vec<NewClient>> {
+            let mut all = Vec::new();
+            loop {
+                match feed.recv().await {
+                    Some($crate::store::ClientFeed::Chunk(chunk)) => all.extend(chunk),
+                    Some($crate::store::ClientFeed::End) => return Ok(all),
+                    None => return Err(file_refused()),
+                }
+            }
+        }
+
+        fn file_refused() -> StoreError {
+            StoreError::Other(anyhow::anyhow!("the file was refused while it was being read"))
+        }
+
+        /// Inserts the feed's clients in multi-row statements as they come (or
+        /// `buffered`, all received already), skipping numbers already live in
         /// the group; then checks the group's size. Returns how many were inserted.
         async fn insert_clients(
             conn: &mut <$db as sqlx::Database>::Connection,
             group_id: i64,
-            clients: &[NewClient],
+            feed: &mut $crate::store::ClientFeedReceiver,
+            buffered: Option<Vec<NewClient>>,
             max_clients: i64,
         ) -> StoreResult<u64> {
             let now = chrono::Utc::now();
             let mut inserted = 0;
-            for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
-                inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
+            if let Some(clients) = buffered {
+                for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
+                    inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
+                }
+            } else {
+                loop {
+                    match feed.recv().await {
+                        Some($crate::store::ClientFeed::Chunk(clients)) => {
+                            for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
+                                inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
+                            }
+                        }
+                        Some($crate::store::ClientFeed::End) => break,
+                        None => return Err(file_refused()),
+                    }
+                }
             }
             let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients WHERE group_id = $1 AND deleted_at IS NULL")
                 .bind(group_id)
@@ -513,7 +546,11 @@ macro_rules! shared_store_impl {
                 insert_audit(&mut *conn, event).await
             }
 
-            async fn create_group(&self, new: NewGroup, clients: &[NewClient], max_clients: i64) -> StoreResult<(Group, u64)> {
+            async fn create_group(&self, new: NewGroup, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<(Group, u64)> {
+                let buffered = match $store::STREAM_CLIENTS {
+                    true => None,
+                    false => Some(receive_all(&mut clients).await?),
+                };
                 let now = chrono::Utc::now();
                 let mut tx = self.begin_write().await?;
                 let id: i64 = sqlx::query_scalar(
@@ -540,7 +577,7 @@ macro_rules! shared_store_impl {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-                let inserted = insert_clients(&mut *tx, id, clients, max_clients).await?;
+                let inserted = insert_clients(&mut *tx, id, &mut clients, buffered, max_clients).await?;
                 let group = fetch_group(&mut *tx, id, Scope::All)
                     .await?
                     .ok_or_else(|| StoreError::Other(anyhow::anyhow!("group {id} vanished inside its transaction")))?;
@@ -669,9 +706,13 @@ macro_rules! shared_store_impl {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn import_clients(&self, group_id: i64, clients: &[NewClient], max_clients: i64) -> StoreResult<u64> {
+            async fn import_clients(&self, group_id: i64, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<u64> {
+                let buffered = match $store::STREAM_CLIENTS {
+                    true => None,
+                    false => Some(receive_all(&mut clients).await?),
+                };
                 let mut tx = self.begin_write().await?;
-                let inserted = insert_clients(&mut *tx, group_id, clients, max_clients).await?;
+                let inserted = insert_clients(&mut *tx, group_id, &mut clients, buffered, max_clients).await?;
                 sqlx::query("UPDATE groups SET updated_at = $2 WHERE id = $1")
                     .bind(group_id)
                     .bind(chrono::Utc::now())

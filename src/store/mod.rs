@@ -42,6 +42,27 @@ pub enum StoreError {
     Other(#[from] anyhow::Error),
 }
 
+/// An import's clients while its file is being read: chunks, then `End` once
+/// the whole file turned out good. A feed that closes without `End` means the
+/// file was refused, and nothing of it may be kept.
+#[derive(Debug)]
+pub enum ClientFeed {
+    Chunk(Vec<NewClient>),
+    End,
+}
+
+pub type ClientFeedReceiver = tokio::sync::mpsc::Receiver<ClientFeed>;
+
+/// A feed holding these clients and its end (no file being read).
+pub fn client_feed_of(clients: Vec<NewClient>) -> ClientFeedReceiver {
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    if !clients.is_empty() {
+        let _ = sender.try_send(ClientFeed::Chunk(clients));
+    }
+    let _ = sender.try_send(ClientFeed::End);
+    receiver
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match err.as_database_error() {
@@ -95,10 +116,12 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     /// Creates the group and its clients in one transaction. Clients whose
     /// E.164 is already in the group are skipped; returns the group and how many
     /// clients were inserted. More than `max_clients` → [`StoreError::TooManyClients`].
+    /// The clients come from a [`ClientFeed`] as the file is read; a feed
+    /// that closes without `End` (the file was refused) stores nothing.
     async fn create_group(
         &self,
         new: NewGroup,
-        clients: &[NewClient],
+        clients: ClientFeedReceiver,
         max_clients: i64,
     ) -> StoreResult<(Group, u64)>;
     /// A live group the scope can see.
@@ -120,11 +143,12 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     /// Soft delete; `false` if the scope sees no such live group.
     async fn delete_group(&self, id: i64, scope: Scope) -> StoreResult<bool>;
 
-    /// Appends clients (skipping numbers already in the group) in one transaction.
+    /// Appends clients (skipping numbers already in the group) in one
+    /// transaction, from a [`ClientFeed`] as [`Store::create_group`] does.
     async fn import_clients(
         &self,
         group_id: i64,
-        clients: &[NewClient],
+        clients: ClientFeedReceiver,
         max_clients: i64,
     ) -> StoreResult<u64>;
     /// The E.164 numbers of the group's live clients.

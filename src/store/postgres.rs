@@ -129,6 +129,9 @@ impl PgStore {
     /// Clients per `INSERT` statement: one array per column, so the size is
     /// not bound by the protocol's 65,535 parameters.
     const CLIENT_INSERT_CHUNK: usize = 10_000;
+    /// An import's clients go into its transaction while the file is still
+    /// being read (other writers are not held up meanwhile).
+    const STREAM_CLIENTS: bool = true;
 
     /// One `INSERT … SELECT FROM UNNEST(…)` that skips numbers already live in
     /// the group: 8 array parameters instead of 12 per row.

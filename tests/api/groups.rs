@@ -8,6 +8,8 @@ use crate::helpers::{Backend, TestApp, both_backends, spawn_app, spawn_app_with}
 
 both_backends!(
     group_is_created_with_the_contract_defaults,
+    a_long_file_refused_at_its_end_leaves_nothing,
+    a_long_file_and_a_taken_name_answer_in_the_contract_order,
     agent_id_is_verified_with_elevenlabs_before_anything_is_written,
     group_name_is_required_and_bounded,
     group_names_are_unique_per_owner_among_live_groups,
@@ -400,6 +402,91 @@ async fn too_many_rows_are_refused(backend: Backend) {
             "El archivo tiene demasiadas filas (4). El máximo permitido es 3 filas.",
         );
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 0);
+}
+
+/// `rows` clients, numbers all distinct and valid.
+fn long_csv(rows: usize) -> String {
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..rows {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    csv
+}
+
+/// Over 10,000 clients go to the database while the file is still being read
+/// (on PostgreSQL); a file refused only at its end (one row too many) must
+/// still leave nothing, for a new group and for an import into a group.
+async fn a_long_file_refused_at_its_end_leaves_nothing(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.max_clients_per_group = 25_000).await;
+    let (token, _) = app.admin().await;
+    let too_many = "El archivo tiene demasiadas filas (25001). El máximo permitido es 25000 filas.";
+    create_group(&app, &token, csv_upload("Larga", &long_csv(25_001)))
+        .await
+        .assert_error(400, too_many);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 0);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 0);
+
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("Corta", "nombre,telefono\nA,3009999999\n"),
+    )
+    .await;
+    app.post(
+        &format!("/api/groups/{id}/clients/import"),
+        Some(&token),
+        json!({"base64": b64(long_csv(25_001).as_bytes()), "document_name": "c.csv"}),
+    )
+    .await
+    .assert_error(400, too_many);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 1);
+
+    // The same file one row shorter goes in whole.
+    let reply = app
+        .post(
+            &format!("/api/groups/{id}/clients/import"),
+            Some(&token),
+            json!({"base64": b64(long_csv(24_999).as_bytes()), "document_name": "c.csv"}),
+        )
+        .await;
+    reply.assert_ok(201, "Clientes importados exitosamente");
+    assert_eq!(reply.body["data"]["clientsCount"], 25_000);
+    assert_eq!(
+        reply.body["data"]["fileProcessing"]["clientsCreated"],
+        24_999
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 25_000);
+}
+
+/// A bad file answers before a taken name (400, not 409), however long the
+/// file and whatever was stored while it was read; a good long file with a
+/// taken name is a 409 and leaves nothing.
+async fn a_long_file_and_a_taken_name_answer_in_the_contract_order(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.max_clients_per_group = 25_000).await;
+    let (token, _) = app.admin().await;
+    group_id(&app, &token, json!({"name": "Cartera"})).await;
+    create_group(&app, &token, csv_upload("Cartera", &long_csv(25_001)))
+        .await
+        .assert_error(
+            400,
+            "El archivo tiene demasiadas filas (25001). El máximo permitido es 25000 filas.",
+        );
+    create_group(&app, &token, csv_upload("Cartera", &long_csv(20_000)))
+        .await
+        .assert_error(409, "Ya existe un grupo con este nombre");
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 0);
+    let reply = create_group(&app, &token, csv_upload("Otra", &long_csv(20_000))).await;
+    reply.assert_ok(201, "Grupo creado exitosamente");
+    assert_eq!(
+        reply.body["data"]["fileProcessing"]["clientsCreated"],
+        20_000
+    );
+    assert_eq!(
+        reply.body["data"]["fileProcessing"]["totalClientsFound"],
+        20_000
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 20_000);
 }
 
 async fn users_see_only_their_own_groups(backend: Backend) {
