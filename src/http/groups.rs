@@ -246,6 +246,7 @@ pub(crate) fn parse_upload(
     let (sender, feed) = tokio::sync::mpsc::channel(2);
     let parsing = tokio::task::spawn_blocking(move || {
         let bytes = import::decode_base64(&base64)?;
+        drop(base64);
         import::check_size(bytes.len(), &options)?;
         let existing = existing.into_iter().collect();
         // A store that stopped listening (it failed) still lets the file be
@@ -355,6 +356,11 @@ pub async fn create_group(
     verify_agent(&state, agent_id.as_deref()).await?;
 
     let started = std::time::Instant::now();
+    let timezone = match timezone {
+        Some(tz) => tz,
+        None => validate_timezone(&state.config.default_timezone)?,
+    };
+    // No early return from here until the store has the feed.
     let (feed, parsing) = match clean(body.base64) {
         Some(base64) => {
             let (feed, parsing) = parse_upload(
@@ -382,10 +388,7 @@ pub async fn create_group(
         first_message: clean(body.first_message),
         phone_number_id: clean(body.phone_number_id),
         agent_id,
-        timezone: match timezone {
-            Some(tz) => tz,
-            None => validate_timezone(&state.config.default_timezone)?,
-        },
+        timezone,
         created_by,
     };
     let max = state.config.max_clients_per_group;

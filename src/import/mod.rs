@@ -485,7 +485,7 @@ impl RowSink for Builder<'_> {
         }
         self.report.clients.push(client);
         if self.report.clients.len() >= STREAM_CHUNK {
-            self.hand_over();
+            self.hand_over(STREAM_CHUNK);
         }
         Ok(())
     }
@@ -505,10 +505,11 @@ impl Builder<'_> {
         self.seen.reserve(rows);
     }
 
-    /// The clients read so far go to the sink (when there is one).
-    fn hand_over(&mut self) {
+    /// The clients read so far go to the sink (when there is one), leaving
+    /// room for `next` more.
+    fn hand_over(&mut self, next: usize) {
         if let Some(sink) = self.sink.as_mut() {
-            let chunk = std::mem::take(&mut self.report.clients);
+            let chunk = std::mem::replace(&mut self.report.clients, Vec::with_capacity(next));
             self.report.streamed += chunk.len();
             sink(chunk);
         }
@@ -525,7 +526,7 @@ impl Builder<'_> {
             });
         }
         if !self.report.clients.is_empty() {
-            self.hand_over();
+            self.hand_over(0);
         }
         self.report.total_rows = self.data_rows;
         Ok(self.report)

@@ -726,3 +726,62 @@ fn hostile_cfb_files_are_unreadable_not_fatal() {
     let err = parse(&fixture("fuzz/cfb_fat_cycle.xls"), "c.xls").unwrap_err();
     assert!(err.detail().is_some_and(|d| d.contains("ciclo")), "{err:?}");
 }
+
+/// `rows` valid, distinct numbers, with one repeated number after the first chunk.
+fn long_csv(rows: usize) -> String {
+    let mut csv = String::from("nombre,telefono,monto\n");
+    for i in 0..rows {
+        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
+    }
+    csv.push_str("Otra vez,3100000000,1\n");
+    csv
+}
+
+#[test]
+fn streamed_clients_come_in_chunks_in_file_order_and_match_the_plain_parse() {
+    let csv = long_csv(25_000);
+    let mut chunks: Vec<Vec<ParsedClient>> = Vec::new();
+    let report = parse_clients_streamed(
+        csv.as_bytes(),
+        "c.csv",
+        &options(),
+        &HashSet::new(),
+        &mut |chunk| chunks.push(chunk),
+    )
+    .unwrap();
+    let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [STREAM_CHUNK, STREAM_CHUNK, 5_000]);
+    assert_eq!(report.streamed, 25_000);
+    assert!(report.clients.is_empty());
+    assert_eq!(report.total_rows, 25_001);
+    assert_eq!(report.duplicates, 1);
+    let plain = parse(csv.as_bytes(), "c.csv").unwrap();
+    let streamed: Vec<ParsedClient> = chunks.into_iter().flatten().collect();
+    assert_eq!(streamed, plain.clients);
+}
+
+#[test]
+fn a_file_refused_at_its_end_never_hands_over_its_last_chunk() {
+    let csv = long_csv(12_000);
+    let mut handed = 0;
+    let refused = parse_clients_streamed(
+        csv.as_bytes(),
+        "c.csv",
+        &ImportOptions {
+            max_rows: 12_000,
+            ..options()
+        },
+        &HashSet::new(),
+        &mut |chunk| handed += chunk.len(),
+    );
+    assert_eq!(
+        refused,
+        Err(ImportError::TooManyRows {
+            rows: 12_001,
+            max: 12_000
+        })
+    );
+    // The first full chunk went while the file was read; the rest never did,
+    // and the caller (which sees the error) keeps none of it.
+    assert_eq!(handed, STREAM_CHUNK);
+}

@@ -175,14 +175,23 @@ macro_rules! shared_store_impl {
             })
         }
 
-        /// Every chunk of the feed, once it has ended (a backend that would hold
-        /// its one writer's lock while the file is read takes them all first).
-        async fn receive_all(feed: &mut $crate::store::ClientFeedReceiver) -> StoreResult<Vec<NewClient>> {
-            let mut all = Vec::new();
+        /// What a feed gave before the transaction starts: everything up to its
+        /// end on a backend that would hold its one writer's lock while the file
+        /// is read, else its first item (a file refused before any client was
+        /// read then never touches the database). A feed closed early: refused.
+        async fn receive_ahead(
+            feed: &mut $crate::store::ClientFeedReceiver,
+        ) -> StoreResult<Vec<$crate::store::ClientFeed>> {
+            let mut items = Vec::new();
             loop {
                 match feed.recv().await {
-                    Some($crate::store::ClientFeed::Chunk(chunk)) => all.extend(chunk),
-                    Some($crate::store::ClientFeed::End) => return Ok(all),
+                    Some(item) => {
+                        let end = matches!(item, $crate::store::ClientFeed::End);
+                        items.push(item);
+                        if end || $store::STREAM_CLIENTS {
+                            return Ok(items);
+                        }
+                    }
                     None => return Err(file_refused()),
                 }
             }
@@ -192,33 +201,32 @@ macro_rules! shared_store_impl {
             StoreError::Other(anyhow::anyhow!("the file was refused while it was being read"))
         }
 
-        /// Inserts the feed's clients in multi-row statements as they come (or
-        /// `buffered`, all received already), skipping numbers already live in
-        /// the group; then checks the group's size. Returns how many were inserted.
+        /// Inserts the clients received ahead, then the rest of the feed as it
+        /// comes, in multi-row statements, skipping numbers already live in the
+        /// group; then checks the group's size. Returns how many were inserted.
         async fn insert_clients(
             conn: &mut <$db as sqlx::Database>::Connection,
             group_id: i64,
+            ahead: Vec<$crate::store::ClientFeed>,
             feed: &mut $crate::store::ClientFeedReceiver,
-            buffered: Option<Vec<NewClient>>,
             max_clients: i64,
         ) -> StoreResult<u64> {
             let now = chrono::Utc::now();
             let mut inserted = 0;
-            if let Some(clients) = buffered {
-                for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
-                    inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
-                }
-            } else {
-                loop {
-                    match feed.recv().await {
-                        Some($crate::store::ClientFeed::Chunk(clients)) => {
-                            for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
-                                inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
-                            }
+            let mut ahead = ahead.into_iter();
+            loop {
+                let item = match ahead.next() {
+                    Some(item) => Some(item),
+                    None => feed.recv().await,
+                };
+                match item {
+                    Some($crate::store::ClientFeed::Chunk(clients)) => {
+                        for chunk in clients.chunks($store::CLIENT_INSERT_CHUNK) {
+                            inserted += $store::insert_client_rows(&mut *conn, group_id, now, chunk).await?;
                         }
-                        Some($crate::store::ClientFeed::End) => break,
-                        None => return Err(file_refused()),
                     }
+                    Some($crate::store::ClientFeed::End) => break,
+                    None => return Err(file_refused()),
                 }
             }
             let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients WHERE group_id = $1 AND deleted_at IS NULL")
@@ -547,10 +555,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn create_group(&self, new: NewGroup, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<(Group, u64)> {
-                let buffered = match $store::STREAM_CLIENTS {
-                    true => None,
-                    false => Some(receive_all(&mut clients).await?),
-                };
+                let ahead = receive_ahead(&mut clients).await?;
                 let now = chrono::Utc::now();
                 let mut tx = self.begin_write().await?;
                 let id: i64 = sqlx::query_scalar(
@@ -577,7 +582,7 @@ macro_rules! shared_store_impl {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-                let inserted = insert_clients(&mut *tx, id, &mut clients, buffered, max_clients).await?;
+                let inserted = insert_clients(&mut *tx, id, ahead, &mut clients, max_clients).await?;
                 let group = fetch_group(&mut *tx, id, Scope::All)
                     .await?
                     .ok_or_else(|| StoreError::Other(anyhow::anyhow!("group {id} vanished inside its transaction")))?;
@@ -707,12 +712,9 @@ macro_rules! shared_store_impl {
             }
 
             async fn import_clients(&self, group_id: i64, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<u64> {
-                let buffered = match $store::STREAM_CLIENTS {
-                    true => None,
-                    false => Some(receive_all(&mut clients).await?),
-                };
+                let ahead = receive_ahead(&mut clients).await?;
                 let mut tx = self.begin_write().await?;
-                let inserted = insert_clients(&mut *tx, group_id, &mut clients, buffered, max_clients).await?;
+                let inserted = insert_clients(&mut *tx, group_id, ahead, &mut clients, max_clients).await?;
                 sqlx::query("UPDATE groups SET updated_at = $2 WHERE id = $1")
                     .bind(group_id)
                     .bind(chrono::Utc::now())

@@ -130,7 +130,8 @@ impl PgStore {
     /// not bound by the protocol's 65,535 parameters.
     const CLIENT_INSERT_CHUNK: usize = 10_000;
     /// An import's clients go into its transaction while the file is still
-    /// being read (other writers are not held up meanwhile).
+    /// being read (other writers are not held up meanwhile); the transaction
+    /// starts with the first chunk, not before.
     const STREAM_CLIENTS: bool = true;
 
     /// One `INSERT … SELECT FROM UNNEST(…)` that skips numbers already live in

@@ -91,9 +91,10 @@ impl SqliteStore {
     /// Clients per `INSERT` statement: 1,000 rows of 12 values stays under
     /// SQLite's limit of 32,766 bound parameters.
     const CLIENT_INSERT_CHUNK: usize = super::common::INSERT_CHUNK;
-    /// The whole file is read before the transaction starts: SQLite has one
-    /// writer, and holding its lock while a file is parsed would hold up every
-    /// other write (webhooks, the sync) for that long.
+    /// The whole file is received (chunk by chunk, not one growing list)
+    /// before the transaction starts: SQLite has one writer, and holding its
+    /// lock while a file is parsed would hold up every other write (webhooks,
+    /// the sync) for that long.
     const STREAM_CLIENTS: bool = false;
 
     /// One multi-row `INSERT` that skips numbers already live in the group.
