@@ -13,7 +13,8 @@
 //! - `async fn lock_migrations(tx)`: keep other instances out while migrating;
 //! - `async fn insert_call_records(tx, …)`: the bulk load of a batch's recipients;
 //! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
-//! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch.
+//! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch;
+//! - `async fn import_turn(&self)`: a turn among imports whose transaction is open.
 
 /// A client (`clients`) some batch has included: it has a call record in a
 /// batch that reached ElevenLabs (a timed-out submit that was given up, being
@@ -556,6 +557,7 @@ macro_rules! shared_store_impl {
 
             async fn create_group(&self, new: NewGroup, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<(Group, u64)> {
                 let ahead = receive_ahead(&mut clients).await?;
+                let _turn = self.import_turn().await;
                 let now = chrono::Utc::now();
                 let mut tx = self.begin_write().await?;
                 let id: i64 = sqlx::query_scalar(
@@ -713,6 +715,7 @@ macro_rules! shared_store_impl {
 
             async fn import_clients(&self, group_id: i64, mut clients: $crate::store::ClientFeedReceiver, max_clients: i64) -> StoreResult<u64> {
                 let ahead = receive_ahead(&mut clients).await?;
+                let _turn = self.import_turn().await;
                 let mut tx = self.begin_write().await?;
                 let inserted = insert_clients(&mut *tx, group_id, ahead, &mut clients, max_clients).await?;
                 sqlx::query("UPDATE groups SET updated_at = $2 WHERE id = $1")

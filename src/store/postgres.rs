@@ -57,7 +57,14 @@ const FIRST_USER_LOCK: i64 = 0x6d61_7263_0002;
 
 pub struct PgStore {
     pool: PgPool,
+    /// Imports whose transaction may be open at once: each holds a connection
+    /// while its file is still being read, and the rest of the pool must stay
+    /// free for everything else.
+    imports: tokio::sync::Semaphore,
 }
+
+/// Of the pool's 16 connections, at most this many held by imports.
+const CONCURRENT_IMPORTS: usize = 4;
 
 impl PgStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -67,7 +74,10 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            imports: tokio::sync::Semaphore::new(CONCURRENT_IMPORTS),
+        };
         store.run_migrations(PG_MIGRATIONS).await?;
         Ok(store)
     }
@@ -253,6 +263,12 @@ impl PgStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// A turn among the imports (see `imports`); the next waits meanwhile,
+    /// its file parsed up to two chunks ahead.
+    async fn import_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.imports.acquire().await.ok()
     }
 
     /// Instances starting together must not apply the same migration twice;

@@ -10,6 +10,7 @@ both_backends!(
     group_is_created_with_the_contract_defaults,
     a_long_file_refused_at_its_end_leaves_nothing,
     a_long_file_and_a_taken_name_answer_in_the_contract_order,
+    more_long_imports_at_once_than_may_hold_a_connection_all_finish,
     agent_id_is_verified_with_elevenlabs_before_anything_is_written,
     group_name_is_required_and_bounded,
     group_names_are_unique_per_owner_among_live_groups,
@@ -487,6 +488,24 @@ async fn a_long_file_and_a_taken_name_answer_in_the_contract_order(backend: Back
         20_000
     );
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 20_000);
+}
+
+/// Six long imports at once, more than may hold a connection together on
+/// PostgreSQL (four): the others wait their turn, and all finish whole.
+async fn more_long_imports_at_once_than_may_hold_a_connection_all_finish(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let csv = long_csv(12_000);
+    let uploads =
+        (0..6).map(|i| create_group(&app, &token, csv_upload(&format!("Lote {i}"), &csv)));
+    for reply in futures::future::join_all(uploads).await {
+        reply.assert_ok(201, "Grupo creado exitosamente");
+        assert_eq!(
+            reply.body["data"]["fileProcessing"]["clientsCreated"],
+            12_000
+        );
+    }
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 72_000);
 }
 
 async fn users_see_only_their_own_groups(backend: Backend) {
