@@ -887,21 +887,16 @@ async fn submit(
                 .collect(),
         );
         let record = NewBatch {
-            elevenlabs_batch_id: None,
             group_id: group.id,
             created_by: user_id,
             agent_id: agent_id.to_owned(),
             phone_number_id: Some(phone_number_id.to_owned()),
             name: name.clone(),
-            status: "unknown".into(),
-            submit_state: "unknown",
             part_index: index as i64 + 1,
             part_count: parts as i64,
             launch_key: idempotency_key.map(str::to_owned),
             scheduled_time_unix: scheduled,
-            created_at_unix: None,
             total_calls_scheduled: calls.len() as i64,
-            raw: Value::Null,
         };
         let store = state.store.clone();
         let written = calls.clone();

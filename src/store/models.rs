@@ -301,26 +301,21 @@ pub struct ClientPhone {
     pub phone_e164: String,
 }
 
-/// A batch as the launch stores it (one per ElevenLabs batch).
+/// A launch's part as it is written ahead of its submit (one per ElevenLabs
+/// batch): an `unknown` attempt, without ElevenLabs' id or answer, which
+/// [`AcceptedBatch`] brings once ElevenLabs has taken it.
 #[derive(Debug, Clone)]
 pub struct NewBatch {
-    /// `None` while the submit's outcome is unknown (a timeout): the sync reconciles it.
-    pub elevenlabs_batch_id: Option<String>,
     pub group_id: i64,
     pub created_by: i64,
     pub agent_id: String,
     pub phone_number_id: Option<String>,
     pub name: String,
-    pub status: String,
-    /// `submitted` or `unknown`.
-    pub submit_state: &'static str,
     pub part_index: i64,
     pub part_count: i64,
     pub launch_key: Option<String>,
     pub scheduled_time_unix: Option<i64>,
-    pub created_at_unix: Option<i64>,
     pub total_calls_scheduled: i64,
-    pub raw: serde_json::Value,
 }
 
 /// What ElevenLabs answered to an accepted submit.
