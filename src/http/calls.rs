@@ -316,12 +316,7 @@ async fn launch(
         .lock_launch(group.id, now + chrono::Duration::seconds(LAUNCH_LOCK_SECS))
         .await?
     {
-        let earlier = state
-            .store
-            .recent_batch(group.id, now - chrono::Duration::hours(24))
-            .await?
-            .flatten();
-        return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+        return Err(double_launch(state, group.id, now).await?);
     }
     let result = async {
         // Without a key, no launch within the window; with or without one, none
@@ -351,12 +346,7 @@ async fn launch(
                 .iter()
                 .any(|r| called_now.contains(&r.client_id))
             {
-                let earlier = state
-                    .store
-                    .recent_batch(group.id, now - chrono::Duration::hours(24))
-                    .await?
-                    .flatten();
-                return Err(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})));
+                return Err(double_launch(state, group.id, now).await?);
             }
         }
         submit(
@@ -389,6 +379,21 @@ async fn launch(
         tracing::error!(error = %err, "launch: the group's launch lock could not be released");
     }
     result
+}
+
+/// The 409 of a launch that another one got ahead of, naming the group's
+/// latest batch of the last day (`null` while its id is not known yet).
+async fn double_launch(
+    state: &AppState,
+    group_id: i64,
+    now: chrono::DateTime<Utc>,
+) -> ApiResult<ApiError> {
+    let earlier = state
+        .store
+        .recent_batch(group_id, now - chrono::Duration::hours(24))
+        .await?
+        .flatten();
+    Ok(ApiError::conflict(MSG_DOUBLE).with_data(json!({"batchId": earlier})))
 }
 
 /// ElevenLabs may have created the batch although the submit failed: the
