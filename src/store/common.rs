@@ -27,6 +27,12 @@ macro_rules! called_client {
 }
 pub(crate) use called_client as CALLED;
 
+/// The `pending` clients of batch `$1` become `contacted` at `$2` (API.md §4
+/// client status): they are in a batch.
+pub(crate) const CONTACT_BATCH_CLIENTS: &str =
+    "UPDATE clients SET status = 'contacted', updated_at = $2
+     WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)";
+
 pub(crate) const USER_COLUMNS: &str =
     "id, username, email, first_name, last_name, role, is_active, created_at, updated_at";
 

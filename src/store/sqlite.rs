@@ -172,14 +172,11 @@ impl SqliteStore {
         now: chrono::DateTime<chrono::Utc>,
         _calls: &[crate::store::NewCallRecord],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE clients SET status = 'contacted', updated_at = $2
-             WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
-        )
-        .bind(batch_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(super::common::CONTACT_BATCH_CLIENTS)
+            .bind(batch_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 

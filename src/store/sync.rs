@@ -523,11 +523,7 @@ macro_rules! sync_store_impl {
                             .await?;
                             // They are in a batch: contacted (a part whose launch never
                             // confirmed it has them still `pending`).
-                            sqlx::query(
-                                "UPDATE clients SET status = 'contacted', updated_at = $2
-                                 WHERE status = 'pending'
-                                   AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)",
-                            )
+                            sqlx::query($crate::store::common::CONTACT_BATCH_CLIENTS)
                             .bind(batch_id)
                             .bind(now)
                             .execute(&mut *tx)
