@@ -64,6 +64,46 @@ async fn call(app: &TestApp, token: &str, group: i64, body: Value) -> Reply {
         .await
 }
 
+/// A group of `rows` clients with the debt-collection agent.
+async fn long_group(app: &TestApp, token: &str, name: &str, rows: usize) -> i64 {
+    let csv = crate::groups::long_csv(rows);
+    group_id(
+        app,
+        token,
+        json!({"name": name, "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await
+}
+
+/// From now on the database refuses to `event` (INSERT or UPDATE) a batch row
+/// for which `condition` holds, as a full disk would: the storage failures of
+/// a launch, on demand. [`allow_batches`] ends it.
+async fn refuse_batches(app: &TestApp, backend: Backend, event: &str, condition: &str) {
+    app.db
+        .execute(&match backend {
+            Backend::Sqlite => format!(
+                "CREATE TRIGGER refuse_batches BEFORE {event} ON batches WHEN {condition}
+                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
+            ),
+            Backend::Postgres => format!(
+                "CREATE FUNCTION refuse_batches() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF {condition} THEN RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
+                 CREATE TRIGGER refuse_batches BEFORE {event} ON batches
+                 FOR EACH ROW EXECUTE FUNCTION refuse_batches()"
+            ),
+        })
+        .await;
+}
+
+async fn allow_batches(app: &TestApp, backend: Backend) {
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => "DROP TRIGGER refuse_batches",
+            Backend::Postgres => "DROP TRIGGER refuse_batches ON batches",
+        })
+        .await;
+}
+
 fn submits(sim: &Simulator) -> Vec<Value> {
     sim.requests()
         .into_iter()
@@ -532,11 +572,7 @@ async fn nobody_left_to_call_is_refused(backend: Backend) {
 async fn large_group_is_split_into_batches_of_ten_thousand(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
-    let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..25_000 {
-        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
-    }
-    let group = group_id(&app, &token, json!({"name": "Grande", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let group = long_group(&app, &token, "Grande", 25_000).await;
     let sim = sim(&app);
     sim.clear_requests();
     let reply = call(&app, &token, group, json!({"userId": id})).await;
@@ -866,11 +902,7 @@ async fn a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verifie
 async fn a_key_retried_after_a_partial_launch_replays_the_answer(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
-    let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..10_005 {
-        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
-    }
-    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let group = long_group(&app, &token, "Dos partes", 10_005).await;
     let sim = sim(&app);
     sim.clear_requests();
     let mut busy = Fault::status(
@@ -923,11 +955,7 @@ async fn a_key_retried_after_a_partial_launch_replays_the_answer(backend: Backen
 async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
-    let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..20_005 {
-        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
-    }
-    let group = group_id(&app, &token, json!({"name": "Tres partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
+    let group = long_group(&app, &token, "Tres partes", 20_005).await;
     let sim = sim(&app);
     sim.clear_requests();
     sim.inject(
@@ -1164,27 +1192,14 @@ async fn an_only_uncalled_launch_whose_list_went_stale_is_a_conflict(backend: Ba
 async fn a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
-    let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..10_005 {
-        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
-    }
-    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
-    app.db
-        .execute(match backend {
-            Backend::Sqlite => {
-                "CREATE TRIGGER refuse_confirm BEFORE UPDATE ON batches
-                 WHEN NEW.part_index = 1 AND NEW.submit_state = 'submitted'
-                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
-            }
-            Backend::Postgres => {
-                "CREATE FUNCTION refuse_confirm() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN IF NEW.part_index = 1 AND NEW.submit_state = 'submitted' THEN
-                   RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
-                 CREATE TRIGGER refuse_confirm BEFORE UPDATE ON batches
-                 FOR EACH ROW EXECUTE FUNCTION refuse_confirm()"
-            }
-        })
-        .await;
+    let group = long_group(&app, &token, "Dos partes", 10_005).await;
+    refuse_batches(
+        &app,
+        backend,
+        "UPDATE",
+        "NEW.part_index = 1 AND NEW.submit_state = 'submitted'",
+    )
+    .await;
     let sim = sim(&app);
     sim.clear_requests();
     let reply = call(&app, &token, group, json!({"userId": id})).await;
@@ -1243,12 +1258,7 @@ async fn a_part_accepted_but_not_confirmed_is_reconciled_by_the_sync(backend: Ba
     // The storage is well again. Until the attempt's hold is over the sync
     // leaves it alone; then it finds part 1 at ElevenLabs (same name, same
     // people) and takes its id.
-    app.db
-        .execute(match backend {
-            Backend::Sqlite => "DROP TRIGGER refuse_confirm",
-            Backend::Postgres => "DROP TRIGGER refuse_confirm ON batches",
-        })
-        .await;
+    allow_batches(&app, backend).await;
     let worker = marcador::sync::SyncWorker::with_owner(&app.state, "w");
     let report = worker.tick().await;
     assert_eq!(report.reconciled, 0, "held: {report:?}");
@@ -1294,20 +1304,7 @@ async fn a_part_that_cannot_be_written_is_never_sent(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
     let group = ready_group(&app, &token).await;
-    app.db
-        .execute(match backend {
-            Backend::Sqlite => {
-                "CREATE TRIGGER refuse_batches BEFORE INSERT ON batches
-                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
-            }
-            Backend::Postgres => {
-                "CREATE FUNCTION refuse_batches() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN RAISE EXCEPTION 'disco lleno'; END $$;
-                 CREATE TRIGGER refuse_batches BEFORE INSERT ON batches
-                 FOR EACH ROW EXECUTE FUNCTION refuse_batches()"
-            }
-        })
-        .await;
+    refuse_batches(&app, backend, "INSERT", "TRUE").await;
     let sim = sim(&app);
     sim.clear_requests();
     let reply = call(&app, &token, group, json!({"userId": id})).await;
@@ -1328,25 +1325,8 @@ async fn a_part_that_cannot_be_written_is_never_sent(backend: Backend) {
 async fn a_later_part_that_cannot_be_written_is_never_sent(backend: Backend) {
     let app = spawn_app(backend).await;
     let (token, id) = app.admin().await;
-    let mut csv = String::from("nombre,telefono,monto\n");
-    for i in 0..10_005 {
-        csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
-    }
-    let group = group_id(&app, &token, json!({"name": "Dos partes", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"})).await;
-    app.db
-        .execute(match backend {
-            Backend::Sqlite => {
-                "CREATE TRIGGER refuse_part_two BEFORE INSERT ON batches WHEN NEW.part_index = 2
-                 BEGIN SELECT RAISE(ABORT, 'disco lleno'); END"
-            }
-            Backend::Postgres => {
-                "CREATE FUNCTION refuse_part_two() RETURNS trigger LANGUAGE plpgsql AS $$
-                 BEGIN IF NEW.part_index = 2 THEN RAISE EXCEPTION 'disco lleno'; END IF; RETURN NEW; END $$;
-                 CREATE TRIGGER refuse_part_two BEFORE INSERT ON batches
-                 FOR EACH ROW EXECUTE FUNCTION refuse_part_two()"
-            }
-        })
-        .await;
+    let group = long_group(&app, &token, "Dos partes", 10_005).await;
+    refuse_batches(&app, backend, "INSERT", "NEW.part_index = 2").await;
     let sim = sim(&app);
     sim.clear_requests();
     let reply = call(&app, &token, group, json!({"userId": id})).await;
@@ -1382,12 +1362,7 @@ async fn a_later_part_that_cannot_be_written_is_never_sent(backend: Backend) {
         10_000
     );
 
-    app.db
-        .execute(match backend {
-            Backend::Sqlite => "DROP TRIGGER refuse_part_two",
-            Backend::Postgres => "DROP TRIGGER refuse_part_two ON batches",
-        })
-        .await;
+    allow_batches(&app, backend).await;
     sim.clear_requests();
     let rest = call(
         &app,

@@ -406,7 +406,7 @@ async fn too_many_rows_are_refused(backend: Backend) {
 }
 
 /// `rows` clients, numbers all distinct and valid.
-fn long_csv(rows: usize) -> String {
+pub fn long_csv(rows: usize) -> String {
     let mut csv = String::from("nombre,telefono,monto\n");
     for i in 0..rows {
         csv.push_str(&format!("C{i},31{}{:07},{i}\n", i % 6, i));
