@@ -16,7 +16,7 @@ use crate::import::{self, ImportOptions, ImportReport};
 use crate::phone;
 use crate::store::{
     ClientFeed, ClientFeedReceiver, ClientQuery, Group, GroupPatch, GroupQuery, NewClient,
-    NewGroup, Scope, StoreError, User, client_feed_of,
+    NewGroup, Scope, StoreError, User, no_clients,
 };
 
 pub const MSG_GROUP_NOT_FOUND: &str = "Grupo no encontrado";
@@ -373,7 +373,7 @@ pub async fn create_group(
             );
             (feed, Some(parsing))
         }
-        None => (client_feed_of(Vec::new()), None),
+        None => (no_clients(), None),
     };
     let new = NewGroup {
         name,

@@ -312,10 +312,7 @@ pub fn parse_clients(
     options: &ImportOptions,
     existing: &HashSet<String>,
 ) -> Result<ImportReport, ImportError> {
-    let parse =
-        std::panic::AssertUnwindSafe(|| parse_unguarded(bytes, document_name, options, existing));
-    std::panic::catch_unwind(parse)
-        .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
+    parse_guarded(bytes, document_name, options, existing, None)
 }
 
 /// Clients handed to a sink at a time by [`parse_clients_streamed`].
@@ -333,20 +330,21 @@ pub fn parse_clients_streamed(
     existing: &HashSet<String>,
     sink: &mut dyn FnMut(Vec<ParsedClient>),
 ) -> Result<ImportReport, ImportError> {
-    let parse = std::panic::AssertUnwindSafe(|| {
-        parse_with(bytes, document_name, options, existing, Some(sink))
-    });
-    std::panic::catch_unwind(parse)
-        .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
+    parse_guarded(bytes, document_name, options, existing, Some(sink))
 }
 
-fn parse_unguarded(
+/// A reader that panics on a hostile file gives an "unreadable file" answer.
+fn parse_guarded<'a>(
     bytes: &[u8],
     document_name: &str,
-    options: &ImportOptions,
-    existing: &HashSet<String>,
+    options: &'a ImportOptions,
+    existing: &'a HashSet<String>,
+    sink: Option<&'a mut dyn FnMut(Vec<ParsedClient>)>,
 ) -> Result<ImportReport, ImportError> {
-    parse_with(bytes, document_name, options, existing, None)
+    let parse =
+        std::panic::AssertUnwindSafe(|| parse_with(bytes, document_name, options, existing, sink));
+    std::panic::catch_unwind(parse)
+        .unwrap_or_else(|_| Err(ImportError::Unreadable(PANIC_DETAIL.into())))
 }
 
 fn parse_with<'a>(

@@ -53,12 +53,9 @@ pub enum ClientFeed {
 
 pub type ClientFeedReceiver = tokio::sync::mpsc::Receiver<ClientFeed>;
 
-/// A feed holding these clients and its end (no file being read).
-pub fn client_feed_of(clients: Vec<NewClient>) -> ClientFeedReceiver {
-    let (sender, receiver) = tokio::sync::mpsc::channel(2);
-    if !clients.is_empty() {
-        let _ = sender.try_send(ClientFeed::Chunk(clients));
-    }
+/// The feed of a group created without a file: its end, and nothing else.
+pub fn no_clients() -> ClientFeedReceiver {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let _ = sender.try_send(ClientFeed::End);
     receiver
 }
