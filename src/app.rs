@@ -44,6 +44,9 @@ pub struct AppState {
     pub login_limiter: Arc<LoginLimiter>,
     pub metrics: PrometheusHandle,
     pub started_at: Instant,
+    /// `MAX_CONCURRENT_IMPORTS`: the files being read at once share this
+    /// budget, so that N uploads at once cost at most this many imports.
+    pub import_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -97,6 +100,9 @@ impl AppState {
             ),
             metrics: telemetry::metrics_handle(),
             started_at: Instant::now(),
+            import_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_imports.clamp(1, 64) as usize,
+            )),
             store,
             config: Arc::new(config),
         })

@@ -93,6 +93,14 @@ pub struct Config {
     pub max_upload_mb: u64,
     #[arg(long, env = "MAX_CLIENTS_PER_GROUP", default_value_t = 200_000)]
     pub max_clients_per_group: u64,
+    /// Cells an imported sheet's rows may hold (each row from column A to
+    /// its last cell, header included).
+    #[arg(long, env = "MAX_IMPORT_CELLS", default_value_t = 2_000_000)]
+    pub max_import_cells: u64,
+    /// Imports read at once; the others wait their turn (each may take a few
+    /// hundred MB while it is read).
+    #[arg(long, env = "MAX_CONCURRENT_IMPORTS", default_value_t = 2)]
+    pub max_concurrent_imports: u64,
     /// Seconds between two background syncs; 0 turns the sync worker off.
     #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 15)]
     pub sync_interval_secs: u64,

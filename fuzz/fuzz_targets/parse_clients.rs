@@ -41,8 +41,8 @@ fuzz_target!(|data: &[u8]| {
         region: "CO".into(),
         prefix: "+57".into(),
         max_rows: 10_000,
-        max_bytes: 1 << 20,
         max_upload_mb: 1,
+        max_cells: 100_000,
     };
     let existing: HashSet<String> = ["+573138539155".to_owned()].into();
     for name in ["f.csv", "f.txt", "f.xlsx", "f.xlsm", "f.xls", "f.ods"] {

@@ -239,26 +239,50 @@ pub(crate) fn parse_upload(
         region: region.to_owned(),
         prefix: prefix.to_owned(),
         max_rows: state.config.max_clients_per_group as usize,
-        max_bytes: state.config.max_upload_mb as usize * 1024 * 1024,
         max_upload_mb: state.config.max_upload_mb,
+        max_cells: state.config.max_import_cells as usize,
     };
     let name = document_name.unwrap_or_default();
     let (sender, feed) = tokio::sync::mpsc::channel(2);
-    let parsing = tokio::task::spawn_blocking(move || {
-        let bytes = import::decode_base64(&base64)?;
-        drop(base64);
-        import::check_size(bytes.len(), &options)?;
+    let slots = state.import_slots.clone();
+    let parsing = tokio::spawn(async move {
+        // One of the imports read at once: the file is decoded only once a
+        // slot is free, and the slot is held until its verdict.
+        let slot = slots.acquire_owned().await.map_err(|_| {
+            import::ImportError::Unreadable("el servidor se está deteniendo".into())
+        })?;
+        let read = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            read_upload(&base64, &name, &options, existing, sender)
+        });
+        read.await
+            .unwrap_or_else(|_| Err(import::ImportError::Unreadable(import::PANIC_DETAIL.into())))
+    });
+    (feed, parsing)
+}
+
+/// Decodes and reads one upload (on a blocking thread), feeding its clients
+/// to the store as they come.
+fn read_upload(
+    base64: &str,
+    name: &str,
+    options: &ImportOptions,
+    existing: Vec<String>,
+    sender: tokio::sync::mpsc::Sender<ClientFeed>,
+) -> Result<ImportReport, import::ImportError> {
+    {
+        let bytes = import::decode_base64(base64)?;
+        import::check_size(bytes.len(), options)?;
         let existing = existing.into_iter().collect();
         // A store that stopped listening (it failed) still lets the file be
         // read to its verdict, which answers first.
         let mut sink = |chunk: Vec<import::ParsedClient>| {
             let _ = sender.blocking_send(ClientFeed::Chunk(new_clients(chunk)));
         };
-        let report = import::parse_clients_streamed(&bytes, &name, &options, &existing, &mut sink)?;
+        let report = import::parse_clients_streamed(&bytes, name, options, &existing, &mut sink)?;
         let _ = sender.blocking_send(ClientFeed::End);
         Ok(report)
-    });
-    (feed, parsing)
+    }
 }
 
 /// The file's verdict: its report, or the contract's answer for a refused file.

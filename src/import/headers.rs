@@ -1,6 +1,7 @@
 //! Header matching: case-, accent- and punctuation-insensitive, by whole name.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use super::ImportError;
 
@@ -138,6 +139,8 @@ pub(crate) struct Columns {
     pub phone: usize,
     /// The phone header as written (trimmed), for `errors[].column`.
     pub phone_header: String,
+    /// Every header as written (trimmed), by column index, for errors.
+    pub headers: Vec<String>,
 }
 
 impl Columns {
@@ -147,11 +150,17 @@ impl Columns {
     /// `columna_<n>` (1-based column).
     pub fn from_header(cells: &[Cow<'_, str>]) -> Result<Columns, ImportError> {
         let mut slots = Vec::with_capacity(cells.len());
+        let mut headers = Vec::with_capacity(cells.len());
         let mut keys: Vec<String> = Vec::new();
+        // Keys given so far, and the next suffix to try for each base: a
+        // header row repeating one name 16,384 times stays linear.
+        let mut given: HashSet<String> = HashSet::new();
+        let mut next_suffix: HashMap<String, usize> = HashMap::new();
         let mut phone = None;
         let mut taken: Vec<Field> = Vec::new();
         for (i, header) in cells.iter().enumerate() {
             let header = header.trim();
+            headers.push(header.to_owned());
             if header.is_empty() {
                 slots.push(Slot::Skip);
                 continue;
@@ -172,11 +181,12 @@ impl Columns {
                         base
                     };
                     let mut key = base.clone();
-                    let mut n = 2;
-                    while keys.contains(&key) {
+                    let n = next_suffix.entry(base.clone()).or_insert(2);
+                    while given.contains(&key) {
                         key = format!("{base}_{n}");
-                        n += 1;
+                        *n += 1;
                     }
+                    given.insert(key.clone());
                     slots.push(Slot::Variable(keys.len()));
                     keys.push(key);
                 }
@@ -185,6 +195,7 @@ impl Columns {
         let (phone, phone_header) = phone.ok_or(ImportError::NoPhoneColumn)?;
         Ok(Columns {
             phone_header: phone_header.to_owned(),
+            headers,
             slots,
             keys,
             phone,

@@ -64,13 +64,21 @@
 //!
 //! # Limits and errors, in the order they are checked
 //!
-//! 1. Decoded size > `max_bytes` → [`ImportError::TooLarge`] (413); the
+//! 1. Decoded size > `max_bytes()` → [`ImportError::TooLarge`] (413); the
 //!    message shows the size in MiB with two decimals (`30.50 MB`) and
 //!    `max_upload_mb`.
 //! 2. Unknown extension → `UnsupportedFormat`; content → `Unreadable`.
-//! 3. No non-blank row at all, or a header and no data rows → `NoDataRows`;
+//! 3. While the file is read (each a 400 naming what was too large):
+//!    an archive part inflating past 8 × `MAX_UPLOAD_MB` → `PartTooLarge`; a
+//!    text or tag of over [`bounds::MAX_MARKUP_RUN`] bytes in an XML part →
+//!    `TextTooLong`; more cells than `max_cells` (each row counted from column
+//!    A to its last cell; an xlsx's shared strings count too) → `TooManyCells`;
+//!    a cell over its field's characters ([`MAX_NAME_CHARS`],
+//!    [`MAX_VARIABLE_CHARS`]…) → `CellTooLong` with its row and column; the
+//!    kept text over 4 × `MAX_UPLOAD_MB` → `TooMuchText`.
+//! 4. No non-blank row at all, or a header and no data rows → `NoDataRows`;
 //!    a header without a phone column → `NoPhoneColumn`.
-//! 4. More non-blank data rows than `max_rows` → `TooManyRows` with the
+//! 5. More non-blank data rows than `max_rows` → `TooManyRows` with the
 //!    file's real count.
 //!
 //! # Hostile files
@@ -88,11 +96,12 @@
 //!   grid). An allocation failure aborts the whole server, so `cfb.rs` and
 //!   `xls.rs` read the same structures first and refuse such a file
 //!   (`Unreadable`). `tests/fixtures/fuzz/` keeps the inputs.
-//! - Not guarded: ZIP bombs (`.xlsx`/`.ods` parts that inflate to
-//!   gigabytes, e.g. shared strings) and `.ods` repeat attributes
-//!   (`number-columns-repeated` on non-empty cells) still cost what calamine
-//!   allocates for them. Isolating the import (a child process with a memory
-//!   limit) would cover these; it is not done here.
+//! - ZIP and XML bombs (`tests/fixtures/hostile/`): an xlsx's parts are read
+//!   through the bounds before calamine opens it (`bounds.rs`), and `.ods` is
+//!   read by our own streaming reader (`ods.rs`), which expands repeated rows
+//!   and columns only where they hold data. The HTTP layer reads at most
+//!   `MAX_CONCURRENT_IMPORTS` files at once, so N uploads at once cost at
+//!   most that many imports.
 //!
 //! # Fuzzing
 //!
@@ -106,8 +115,10 @@
 //! main build never compiles it; `fuzz/README.md` also shows how to build the
 //! target without cargo-fuzz.
 
+mod bounds;
 mod cfb;
 mod headers;
+mod ods;
 mod phone;
 mod reader;
 mod xls;
@@ -139,11 +150,49 @@ pub struct ImportOptions {
     pub prefix: String,
     /// `MAX_CLIENTS_PER_GROUP`: non-blank data rows allowed in one file.
     pub max_rows: usize,
-    /// `MAX_UPLOAD_MB` in bytes (× 1024 × 1024), for the decoded file.
-    pub max_bytes: usize,
-    /// `MAX_UPLOAD_MB` itself, for the message.
+    /// `MAX_UPLOAD_MB`: the decoded file's size; the other byte bounds are
+    /// multiples of it.
     pub max_upload_mb: u64,
+    /// `MAX_IMPORT_CELLS`: cells the sheet's rows may hold, each row counted
+    /// from column A to its last cell (header included).
+    pub max_cells: usize,
 }
+
+impl ImportOptions {
+    /// The decoded file: `MAX_UPLOAD_MB` MiB.
+    pub fn max_bytes(&self) -> usize {
+        (self.max_upload_mb as usize).saturating_mul(1024 * 1024)
+    }
+
+    /// One part of an xlsx/ods archive, inflated: 8 × `MAX_UPLOAD_MB`. A
+    /// spreadsheet's XML compresses about 5-10 times; a part that inflates
+    /// further is a bomb, not a client list.
+    pub fn max_part_bytes(&self) -> u64 {
+        (self.max_bytes() as u64).saturating_mul(8)
+    }
+
+    /// The text kept for one file's clients (their values and the column
+    /// names each carries): 4 × `MAX_UPLOAD_MB`. A text file can never reach
+    /// it; a spreadsheet repeating one long shared string in every row can.
+    pub fn max_text_bytes(&self) -> usize {
+        self.max_bytes().saturating_mul(4)
+    }
+}
+
+/// Characters a client's name may have, in a file or a request.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Characters of an email (RFC 5321's longest path).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Characters of an address.
+pub const MAX_ADDRESS_CHARS: usize = 500;
+/// Characters of a category or an external id.
+pub const MAX_CODE_CHARS: usize = 100;
+/// Characters of a phone cell as written.
+pub const MAX_PHONE_CHARS: usize = 64;
+/// Characters of a variable's value (any other column).
+pub const MAX_VARIABLE_CHARS: usize = 1_000;
+/// Characters of a header cell.
+pub const MAX_HEADER_CHARS: usize = 200;
 
 /// A valid row with a number not seen before.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +254,33 @@ pub enum ImportError {
         rows: usize,
         max: usize,
     },
+    /// The sheet's rows hold more cells than `MAX_IMPORT_CELLS`.
+    TooManyCells {
+        max: usize,
+    },
+    /// One cell is longer than its field allows.
+    CellTooLong {
+        row: usize,
+        /// The column's header as written, or its letter for a header cell.
+        column: String,
+        chars: usize,
+        max: usize,
+    },
+    /// An archive part (xlsx/ods) inflates past 8 × `MAX_UPLOAD_MB`.
+    PartTooLarge {
+        part: String,
+        max_mb: u64,
+    },
+    /// An XML part holds more than [`bounds::MAX_MARKUP_RUN`] bytes of one
+    /// text or tag.
+    TextTooLong {
+        part: String,
+        max_bytes: usize,
+    },
+    /// The clients' text passes 4 × `MAX_UPLOAD_MB`.
+    TooMuchText {
+        max_mb: u64,
+    },
 }
 
 impl ImportError {
@@ -224,6 +300,26 @@ impl ImportError {
             ),
             ImportError::TooManyRows { rows, max } => format!(
                 "El archivo tiene demasiadas filas ({rows}). El máximo permitido es {max} filas."
+            ),
+            ImportError::TooManyCells { max } => format!(
+                "El archivo tiene demasiadas celdas. El máximo permitido es {max} celdas (filas por columnas, contando cada fila hasta su última celda)."
+            ),
+            ImportError::CellTooLong {
+                row,
+                column,
+                chars,
+                max,
+            } => format!(
+                "La celda de la fila {row}, columna \"{column}\", es demasiado larga ({chars} caracteres). El máximo permitido es {max} caracteres."
+            ),
+            ImportError::PartTooLarge { part, max_mb } => format!(
+                "El archivo descomprimido es demasiado grande: su parte \"{part}\" supera {max_mb} MB."
+            ),
+            ImportError::TextTooLong { part, max_bytes } => format!(
+                "El archivo contiene un texto demasiado largo: su parte \"{part}\" tiene más de {max_bytes} bytes seguidos sin etiquetas."
+            ),
+            ImportError::TooMuchText { max_mb } => format!(
+                "El archivo tiene demasiado texto: los datos de sus clientes superan {max_mb} MB."
             ),
         }
     }
@@ -294,7 +390,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ImportError> {
 
 /// The `MAX_UPLOAD_MB` limit on a decoded file.
 pub fn check_size(size_bytes: usize, options: &ImportOptions) -> Result<(), ImportError> {
-    if size_bytes > options.max_bytes {
+    if size_bytes > options.max_bytes() {
         Err(ImportError::TooLarge {
             size_bytes,
             max_mb: options.max_upload_mb,
@@ -363,10 +459,11 @@ fn parse_with<'a>(
         columns: None,
         seen: HashSet::new(),
         data_rows: 0,
+        text_bytes: 0,
         report: ImportReport::default(),
         sink,
     };
-    reader::read_rows(bytes, format, &mut builder)?;
+    reader::read_rows(bytes, format, options, &mut builder)?;
     builder.finish()
 }
 
@@ -385,6 +482,42 @@ fn parse_with<'a>(
 /// `None` unless the result is a valid number (`phonenumber::is_valid`).
 pub fn normalize_phone(raw: &str, region: &str, prefix: &str) -> Option<String> {
     PhoneRules::new(region, prefix).normalize(raw)
+}
+
+/// Refuses a cell longer than `max` characters, naming its row and column
+/// (the column's name is only built for the refusal).
+fn check_length(
+    row: usize,
+    column: impl FnOnce() -> String,
+    value: &str,
+    max: usize,
+) -> Result<(), ImportError> {
+    // Bytes bound characters from above: most cells need no count.
+    if value.len() <= max {
+        return Ok(());
+    }
+    let chars = value.chars().count();
+    if chars <= max {
+        return Ok(());
+    }
+    Err(ImportError::CellTooLong {
+        row,
+        column: column(),
+        chars,
+        max,
+    })
+}
+
+/// A 0-based column index as a spreadsheet names it (`A`, `Z`, `AA`, `XFD`).
+fn column_letter(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        let rem = (n - 1) % 26;
+        letters.push(b'A' + rem as u8);
+        n = (n - 1) / 26;
+    }
+    letters.iter().rev().map(|&b| b as char).collect()
 }
 
 /// An E.164 number's digits as one integer: at most 15 digits and never a
@@ -409,6 +542,9 @@ struct Builder<'a> {
     seen: HashSet<u64>,
     /// Non-blank rows after the header.
     data_rows: usize,
+    /// Bytes of text kept so far (values and variable keys), for
+    /// [`ImportOptions::max_text_bytes`].
+    text_bytes: usize,
     report: ImportReport,
     /// Where full chunks of clients go as they are read, if anywhere.
     sink: Option<&'a mut dyn FnMut(Vec<ParsedClient>)>,
@@ -424,6 +560,9 @@ impl RowSink for Builder<'_> {
             return Ok(());
         }
         let Some(columns) = &self.columns else {
+            for (i, header) in cells.iter().enumerate() {
+                check_length(number, || column_letter(i), header.trim(), MAX_HEADER_CHARS)?;
+            }
             self.columns = Some(Columns::from_header(cells)?);
             return Ok(());
         };
@@ -433,6 +572,12 @@ impl RowSink for Builder<'_> {
             return Ok(());
         }
         let raw = cells.get(columns.phone).map_or("", |c| c.trim());
+        check_length(
+            number,
+            || columns.phone_header.clone(),
+            raw,
+            MAX_PHONE_CHARS,
+        )?;
         let Some(e164) = self.phone.normalize(raw) else {
             self.report.invalid_rows += 1;
             self.report.errors.push(RowError {
@@ -458,20 +603,24 @@ impl RowSink for Builder<'_> {
             external_id: None,
             variables: Map::new(),
         };
-        for (slot, cell) in columns.slots.iter().zip(cells) {
+        let mut kept = raw.len();
+        for (i, (slot, cell)) in columns.slots.iter().zip(cells).enumerate() {
             let value = cell.trim();
             if value.is_empty() {
                 continue;
             }
-            let target = match slot {
+            let header = || columns.headers.get(i).cloned().unwrap_or_default();
+            let (target, max) = match slot {
                 Slot::Skip | Slot::Field(Field::Phone) => continue,
-                Slot::Field(Field::Name) => &mut client.name,
-                Slot::Field(Field::Email) => &mut client.email,
-                Slot::Field(Field::Address) => &mut client.address,
-                Slot::Field(Field::Category) => &mut client.category,
-                Slot::Field(Field::ExternalId) => &mut client.external_id,
+                Slot::Field(Field::Name) => (&mut client.name, MAX_NAME_CHARS),
+                Slot::Field(Field::Email) => (&mut client.email, MAX_EMAIL_CHARS),
+                Slot::Field(Field::Address) => (&mut client.address, MAX_ADDRESS_CHARS),
+                Slot::Field(Field::Category) => (&mut client.category, MAX_CODE_CHARS),
+                Slot::Field(Field::ExternalId) => (&mut client.external_id, MAX_CODE_CHARS),
                 Slot::Variable(k) => {
+                    check_length(number, header, value, MAX_VARIABLE_CHARS)?;
                     if let Some(key) = columns.keys.get(*k) {
+                        kept += key.len() + value.len();
                         client
                             .variables
                             .insert(key.clone(), Value::String(value.to_owned()));
@@ -479,7 +628,15 @@ impl RowSink for Builder<'_> {
                     continue;
                 }
             };
+            check_length(number, header, value, max)?;
+            kept += value.len();
             *target = Some(value.to_owned());
+        }
+        self.text_bytes = self.text_bytes.saturating_add(kept);
+        if self.text_bytes > self.options.max_text_bytes() {
+            return Err(ImportError::TooMuchText {
+                max_mb: (self.options.max_text_bytes() / (1024 * 1024)) as u64,
+            });
         }
         self.report.clients.push(client);
         if self.report.clients.len() >= STREAM_CHUNK {
@@ -533,3 +690,6 @@ impl Builder<'_> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hostile_tests;

@@ -10,7 +10,7 @@ use std::io::Cursor;
 
 use calamine::{Data, DataRef, Ods, Reader, Sheets, Xls, Xlsx, open_workbook_from_rs};
 
-use super::ImportError;
+use super::{ImportError, ImportOptions};
 
 /// What the document name announces (case-insensitive extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,23 @@ pub trait RowSink {
     fn expect_rows(&mut self, _rows: usize) {}
 }
 
-pub fn read_rows(bytes: &[u8], format: Format, sink: &mut impl RowSink) -> Result<(), ImportError> {
+/// Feeds the file's rows to `sink`, refusing the file once its rows' cells
+/// pass `options.max_cells` (header included; see [`Counted`]).
+pub fn read_rows(
+    bytes: &[u8],
+    format: Format,
+    options: &ImportOptions,
+    sink: &mut impl RowSink,
+) -> Result<(), ImportError> {
+    let mut sink = Counted {
+        sink,
+        rows: 0,
+        cells: 0,
+        max_cells: options.max_cells,
+    };
     match format {
-        Format::Text => read_text(bytes, sink),
-        spreadsheet => read_spreadsheet(bytes, spreadsheet, sink),
+        Format::Text => read_text(bytes, &mut sink),
+        spreadsheet => read_spreadsheet(bytes, spreadsheet, options, &mut sink),
     }
 }
 
@@ -78,24 +91,33 @@ fn open_workbook(bytes: &[u8], format: Format) -> Result<Workbook<'_>, ImportErr
 
 /// Columns a sheet can have (Excel's limit, `XFD`): a cell claiming a column
 /// beyond it is ignored rather than padded to.
-const MAX_COLUMNS: usize = 16_384;
+pub const MAX_COLUMNS: usize = 16_384;
 
-/// The first sheet with any non-blank cell. A sheet calamine cannot read is
-/// passed over; if none can be read the first error is the answer.
-fn read_spreadsheet(
+/// The first sheet with any non-blank cell. OpenDocument content is read by
+/// our own streaming reader (`ods.rs`), whatever the extension; the rest by
+/// calamine, an xlsx once its parts have been read through the bounds
+/// ([`super::bounds::check_archive`]). A sheet calamine cannot read is passed
+/// over; if none can be read the first error is the answer.
+fn read_spreadsheet<S: RowSink>(
     bytes: &[u8],
     format: Format,
-    sink: &mut impl RowSink,
+    options: &ImportOptions,
+    sink: &mut Counted<'_, S>,
 ) -> Result<(), ImportError> {
+    if bytes.starts_with(b"PK\x03\x04") {
+        if super::ods::is_ods(bytes) {
+            return super::ods::read_ods(bytes, options, sink);
+        }
+        super::bounds::check_archive(bytes, options)?;
+    }
     let mut workbook = open_workbook(bytes, format)?;
-    let mut sink = Counted { sink, rows: 0 };
     let mut first_error = None;
     for name in workbook.sheet_names() {
         let read = match &mut workbook {
             // Streamed: no whole-sheet grid and no copy of each shared string.
-            Sheets::Xlsx(xlsx) => stream_xlsx_sheet(xlsx, &name, &mut sink),
+            Sheets::Xlsx(xlsx) => stream_xlsx_sheet(xlsx, &name, sink),
             other => match other.worksheet_range(&name) {
-                Ok(range) => range_rows(&range, &mut sink),
+                Ok(range) => range_rows(&range, sink),
                 Err(e) => Err(ImportError::Unreadable(e.to_string())),
             },
         };
@@ -116,15 +138,28 @@ fn read_spreadsheet(
     }
 }
 
-/// A sink that knows whether it has been given any row.
-struct Counted<'s, S> {
+/// A sink that knows whether it has been given any row, and refuses the
+/// file once its rows' cells (each row from column A to its last cell) pass
+/// the budget.
+pub struct Counted<'s, S> {
     sink: &'s mut S,
     rows: usize,
+    cells: usize,
+    max_cells: usize,
 }
 
 impl<S: RowSink> RowSink for Counted<'_, S> {
     fn row(&mut self, number: usize, cells: &[Cow<'_, str>]) -> Result<(), ImportError> {
         self.rows += 1;
+        // Every position up to the row's last cell is work for the sink,
+        // blank or not: a row holding one value far to the right costs as
+        // much as a full one.
+        self.cells = self.cells.saturating_add(cells.len());
+        if self.cells > self.max_cells {
+            return Err(ImportError::TooManyCells {
+                max: self.max_cells,
+            });
+        }
         self.sink.row(number, cells)
     }
 
@@ -355,6 +390,15 @@ fn clock_text(seconds: f64) -> String {
         total / 60 % 60,
         total % 60
     )
+}
+
+/// An OpenDocument date or time attribute as the sheet shows it.
+pub fn iso_text(duration: bool, raw: &str) -> String {
+    let raw = raw.trim();
+    match duration {
+        true => iso_duration_text(raw).unwrap_or_else(|| raw.to_owned()),
+        false => iso_datetime_text(raw).to_owned(),
+    }
 }
 
 /// OpenDocument dates (`2026-12-01` or `2026-12-01T14:30:00`): midnight is a

@@ -22,6 +22,7 @@ both_backends!(
     upload_errors_have_their_exact_messages,
     oversize_file_is_refused_with_413,
     too_many_rows_are_refused,
+    hostile_files_are_refused_by_their_bound_and_leave_nothing,
     users_see_only_their_own_groups,
     admin_sees_every_group_and_filters_by_owner,
     client_id_names_the_owner,
@@ -403,6 +404,58 @@ async fn too_many_rows_are_refused(backend: Backend) {
             "El archivo tiene demasiadas filas (4). El máximo permitido es 3 filas.",
         );
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 0);
+}
+
+/// Files that claim far more than they weigh (`tests/fixtures/hostile/`,
+/// written by `scripts/hostile_fixtures.py`): each is a 400 naming what was
+/// too large, for a new group and for an import into one, and nothing is kept.
+async fn hostile_files_are_refused_by_their_bound_and_leave_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let existing = group_id(
+        &app,
+        &token,
+        csv_upload("Existente", "telefono\n3138539100\n"),
+    )
+    .await;
+    let run = "tiene más de 65536 bytes seguidos sin etiquetas.";
+    let cases = [
+        (
+            "repeticiones.ods",
+            "El archivo tiene demasiadas celdas. El máximo permitido es 2000000 celdas (filas por columnas, contando cada fila hasta su última celda).".to_owned(),
+        ),
+        (
+            "celda_enorme.xlsx",
+            format!("El archivo contiene un texto demasiado largo: su parte \"xl/worksheets/sheet1.xml\" {run}"),
+        ),
+        (
+            "texto_compartido_enorme.xlsx",
+            format!("El archivo contiene un texto demasiado largo: su parte \"xl/sharedStrings.xml\" {run}"),
+        ),
+        (
+            "espacios.xlsx",
+            format!("El archivo contiene un texto demasiado largo: su parte \"xl/worksheets/sheet1.xml\" {run}"),
+        ),
+    ];
+    for (file, message) in cases {
+        let base64 = b64(&fixture(&format!("hostile/{file}")));
+        create_group(
+            &app,
+            &token,
+            json!({"name": file, "base64": base64, "document_name": file}),
+        )
+        .await
+        .assert_error(400, &message);
+        app.post(
+            &format!("/api/groups/{existing}/clients/import"),
+            Some(&token),
+            json!({"base64": base64, "document_name": file}),
+        )
+        .await
+        .assert_error(400, &message);
+    }
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 1);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 1);
 }
 
 /// `rows` clients, numbers all distinct and valid.
