@@ -5,14 +5,17 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::validate_email;
 use super::groups::{
     FileProcessing, file_verdict, group_write_error, nullable, parse_upload, visible_group,
 };
-use super::{Envelope, PageParams, PageQuery, Pagination, clean, created, ok, paginated};
+use super::{
+    Envelope, PageParams, PageQuery, Pagination, bounded, clean, created, ok, paginated,
+    validate_variables,
+};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, AuthUser, PathIds};
@@ -25,7 +28,6 @@ const MSG_DUPLICATE: &str = "Cliente ya está en el grupo";
 const MSG_NAME_AND_PHONE: &str = "El nombre y el teléfono del cliente son requeridos";
 const MSG_BAD_STATUS: &str =
     "Estado de cliente inválido. Usa pending, contacted, completed o cancelled";
-const MSG_BAD_VARIABLES: &str = "Las variables deben ser un objeto JSON";
 const MSG_FILE_REQUIRED: &str = "El archivo (base64 y document_name) es requerido";
 const STATUSES: [&str; 4] = ["pending", "contacted", "completed", "cancelled"];
 
@@ -63,12 +65,26 @@ fn validate_status(status: &str) -> ApiResult<String> {
     }
 }
 
-fn validate_variables(value: Value) -> ApiResult<Map<String, Value>> {
-    match value {
-        Value::Object(map) => Ok(map),
-        Value::Null => Ok(Map::new()),
-        _ => Err(ApiError::bad_request(MSG_BAD_VARIABLES)),
-    }
+/// The new text of a nullable field in a patch, if it gets one.
+fn new_text(field: &Option<Option<String>>) -> Option<&str> {
+    field.as_ref().and_then(|v| v.as_deref())
+}
+
+/// A client's text fields within the import's bounds.
+fn check_lengths(
+    name: Option<&str>,
+    phone: Option<&str>,
+    email: Option<&str>,
+    address: Option<&str>,
+    category: Option<&str>,
+    external_id: Option<&str>,
+) -> ApiResult<()> {
+    bounded("name", name, import::MAX_NAME_CHARS)?;
+    bounded("phone", phone, import::MAX_PHONE_CHARS)?;
+    bounded("email", email, import::MAX_EMAIL_CHARS)?;
+    bounded("address", address, import::MAX_ADDRESS_CHARS)?;
+    bounded("category", category, import::MAX_CODE_CHARS)?;
+    bounded("externalId", external_id, import::MAX_CODE_CHARS)
 }
 
 fn client_write_error(err: StoreError) -> ApiError {
@@ -177,6 +193,20 @@ pub async fn add_client(
     let (Some(name), Some(phone)) = (clean(body.name), clean(body.phone)) else {
         return Err(ApiError::bad_request(MSG_NAME_AND_PHONE));
     };
+    let (external_id, email, address, category) = (
+        clean(body.external_id),
+        clean(body.email),
+        clean(body.address),
+        clean(body.category),
+    );
+    check_lengths(
+        Some(&name),
+        Some(&phone),
+        email.as_deref(),
+        address.as_deref(),
+        category.as_deref(),
+        external_id.as_deref(),
+    )?;
     let phone_e164 = normalize(&group, &phone)?;
     let max = state.config.max_clients_per_group;
     if group.clients_count as u64 >= max {
@@ -185,16 +215,13 @@ pub async fn add_client(
         )));
     }
     let new = NewClient {
-        external_id: clean(body.external_id),
+        external_id,
         name: Some(name),
         phone,
         phone_e164,
-        email: clean(body.email)
-            .as_deref()
-            .map(validate_email)
-            .transpose()?,
-        address: clean(body.address),
-        category: clean(body.category),
+        email: email.as_deref().map(validate_email).transpose()?,
+        address,
+        category,
         variables: body
             .variables
             .map(validate_variables)
@@ -333,6 +360,23 @@ pub async fn update_client(
 ) -> ApiResult<Json<Envelope<Client>>> {
     let (group_id, client_id) = ids_pair(&ids);
     let group = visible_group(&state, &caller, group_id).await?;
+    let (name, address, category, external_id) = (
+        body.name.map(clean),
+        body.address.map(clean),
+        body.category.map(clean),
+        body.external_id.map(clean),
+    );
+    check_lengths(
+        new_text(&name),
+        body.phone.as_deref().map(str::trim),
+        body.email
+            .as_ref()
+            .and_then(|e| e.as_deref())
+            .map(str::trim),
+        new_text(&address),
+        new_text(&category),
+        new_text(&external_id),
+    )?;
     let phone = match clean(body.phone) {
         Some(raw) => {
             let e164 = normalize(&group, &raw)?;
@@ -345,12 +389,12 @@ pub async fn update_client(
         other => other,
     };
     let patch = ClientPatch {
-        name: body.name.map(clean),
+        name,
         phone,
         email,
-        address: body.address.map(clean),
-        category: body.category.map(clean),
-        external_id: body.external_id.map(clean),
+        address,
+        category,
+        external_id,
         status: body.status.as_deref().map(validate_status).transpose()?,
         variables: body.variables.map(validate_variables).transpose()?,
     };

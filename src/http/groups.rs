@@ -5,10 +5,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Envelope, PageParams, PageQuery, Pagination, clean, created, ok, paginated};
+use super::{
+    Envelope, PageParams, PageQuery, Pagination, clean, created, ok, paginated, validate_variables,
+};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody, MSG_FORBIDDEN};
 use crate::extract::{ApiJson, ApiQuery, AuthUser, PathIds};
@@ -24,7 +26,6 @@ const MSG_NAME_REQUIRED: &str = "El nombre del grupo es requerido";
 const MSG_NAME_TOO_LONG: &str = "El nombre del grupo no puede superar 120 caracteres";
 const MSG_NAME_TAKEN: &str = "Ya existe un grupo con este nombre";
 const MSG_BAD_COLOR: &str = "Color inválido. Usa el formato #RRGGBB";
-const MSG_BAD_VARIABLES: &str = "Las variables deben ser un objeto JSON";
 const MSG_BAD_TIMEZONE: &str = "Zona horaria inválida";
 const MSG_BAD_LANGUAGE: &str = "Idioma inválido";
 const MSG_BAD_OWNER: &str = "clientId inválido";
@@ -139,14 +140,6 @@ fn validate_color(color: &str) -> ApiResult<String> {
         Ok(color.to_owned())
     } else {
         Err(ApiError::bad_request(MSG_BAD_COLOR))
-    }
-}
-
-fn validate_variables(value: Value) -> ApiResult<Map<String, Value>> {
-    match value {
-        Value::Object(map) => Ok(map),
-        Value::Null => Ok(Map::new()),
-        _ => Err(ApiError::bad_request(MSG_BAD_VARIABLES)),
     }
 }
 

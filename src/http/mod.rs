@@ -116,6 +116,44 @@ pub fn clean(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
+const MSG_BAD_VARIABLES: &str = "Las variables deben ser un objeto JSON";
+
+/// Bytes a `variables` object (a client's, or a group's defaults) may take
+/// as JSON: every call carries them to ElevenLabs.
+pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+
+/// A `variables` value: an object (`null` is none), at most
+/// [`MAX_VARIABLES_BYTES`] as JSON.
+pub fn validate_variables(
+    value: serde_json::Value,
+) -> crate::error::ApiResult<serde_json::Map<String, serde_json::Value>> {
+    let map = match value {
+        serde_json::Value::Object(map) => map,
+        serde_json::Value::Null => serde_json::Map::new(),
+        _ => return Err(crate::error::ApiError::bad_request(MSG_BAD_VARIABLES)),
+    };
+    let size = serde_json::to_vec(&map).map_or(usize::MAX, |json| json.len());
+    if size > MAX_VARIABLES_BYTES {
+        return Err(crate::error::ApiError::bad_request(format!(
+            "Las variables son demasiado grandes ({size} bytes). El máximo permitido es {MAX_VARIABLES_BYTES} bytes."
+        )));
+    }
+    Ok(map)
+}
+
+/// Refuses a text field longer than `max` characters, naming it (`label`).
+/// The bounds are the import's (`import::MAX_NAME_CHARS`…), so a client
+/// holds the same whether it came in a file or in a request.
+pub fn bounded(label: &str, value: Option<&str>, max: usize) -> crate::error::ApiResult<()> {
+    let chars = value.map_or(0, |v| v.chars().count());
+    if chars > max {
+        return Err(crate::error::ApiError::bad_request(format!(
+            "El campo {label} es demasiado largo ({chars} caracteres). El máximo permitido es {max} caracteres."
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

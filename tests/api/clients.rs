@@ -8,6 +8,7 @@ use crate::helpers::{Backend, both_backends, spawn_app, spawn_app_with};
 both_backends!(
     client_is_added_with_its_e164_number,
     client_needs_a_name_and_a_valid_phone,
+    client_fields_and_variables_have_the_import_bounds,
     the_same_number_twice_is_a_conflict,
     client_outside_the_group_is_not_found,
     client_update_takes_only_known_fields,
@@ -64,6 +65,74 @@ async fn client_needs_a_name_and_a_valid_phone(backend: Backend) {
     .await
     .assert_error(400, "Las variables deben ser un objeto JSON");
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 0);
+}
+
+/// A client added or changed by hand holds no more than one from a file: a
+/// 10 MB field would be sent back in every listing and to every call.
+async fn client_fields_and_variables_have_the_import_bounds(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(&app, &token, json!({"name": "g"})).await;
+    let path = format!("/api/groups/{id}/clients");
+    let long_name = "n".repeat(201);
+    app.post(
+        &path,
+        Some(&token),
+        json!({"name": long_name, "phone": "3138539155"}),
+    )
+    .await
+    .assert_error(
+        400,
+        "El campo name es demasiado largo (201 caracteres). El máximo permitido es 200 caracteres.",
+    );
+    let big = json!({"nota": "x".repeat(70_000)});
+    app.post(
+        &path,
+        Some(&token),
+        json!({"name": "Ana", "phone": "3138539155", "variables": big}),
+    )
+    .await
+    .assert_error(
+        400,
+        "Las variables son demasiado grandes (70011 bytes). El máximo permitido es 65536 bytes.",
+    );
+    // 200 accented characters are 400 bytes and fit.
+    let ana = app
+        .post(
+            &path,
+            Some(&token),
+            json!({"name": "é".repeat(200), "phone": "3138539155"}),
+        )
+        .await;
+    ana.assert_ok(201, "Cliente agregado al grupo exitosamente");
+    let client_id = ana.body["data"]["id"].as_i64().unwrap();
+    app.put(
+        &format!("{path}/{client_id}"),
+        Some(&token),
+        json!({"address": "d".repeat(501)}),
+    )
+    .await
+    .assert_error(
+        400,
+        "El campo address es demasiado largo (501 caracteres). El máximo permitido es 500 caracteres.",
+    );
+    app.put(
+        &format!("/api/groups/{id}"),
+        Some(&token),
+        json!({"variables": big}),
+    )
+    .await
+    .assert_error(
+        400,
+        "Las variables son demasiado grandes (70011 bytes). El máximo permitido es 65536 bytes.",
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 1);
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM clients WHERE address IS NOT NULL")
+            .await,
+        0
+    );
 }
 
 async fn the_same_number_twice_is_a_conflict(backend: Backend) {
