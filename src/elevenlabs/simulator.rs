@@ -36,8 +36,9 @@ pub struct SimulatorConfig {
     pub step: Duration,
     /// Where to post signed webhooks, and with which secret.
     pub webhook: Option<(String, Secret)>,
-    /// Keep the requests received (the last 500), bodies included, for tests to
-    /// inspect. Off in a long-running server: bodies of 10,000 recipients add up.
+    /// Keep the requests received (the last 500, batch submits kept before
+    /// reads), bodies included, for tests to inspect. Off in a long-running
+    /// server: bodies of 10,000 recipients add up.
     pub capture_requests: bool,
 }
 
@@ -587,6 +588,9 @@ fn wrong(loc: &[Value], kind: &str, msg: &str, input: &Value) -> Value {
     json!({"type": kind, "loc": full, "msg": msg, "input": input})
 }
 
+/// ElevenLabs' batch submit, the request tests count.
+const SUBMIT_PATH: &str = "/v1/convai/batch-calling/submit";
+
 /// Checks a submit body the way pydantic would (required keys, types, limits).
 fn validate_submit(body: &Value) -> Vec<Value> {
     let mut problems = Vec::new();
@@ -723,7 +727,13 @@ async fn handle(
     if sim.shared.config.capture_requests {
         let mut requests = lock(&sim.shared.requests);
         if requests.len() >= 500 {
-            requests.remove(0);
+            // The oldest read goes first: the batch submits are what tests
+            // count, and a sync reading thousands of conversations must not
+            // push them out.
+            let oldest_read = requests
+                .iter()
+                .position(|r| !(r.method == "POST" && r.path == SUBMIT_PATH));
+            requests.remove(oldest_read.unwrap_or(0));
         }
         requests.push(CapturedRequest {
             method: method.to_string(),

@@ -319,15 +319,15 @@ async fn launch(
         return Err(double_launch(state, group.id, now).await?);
     }
     let result = async {
-        // Without a key, no launch within the window; with or without one, none
-        // while an earlier submit of the group is still being verified (it may
-        // have been created at ElevenLabs). Only the uncalled needs no window:
-        // repeated, it finds nobody left to call.
-        let since = match (idempotency_key, only_uncalled) {
-            (None, false) => {
-                now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64)
-            }
-            _ => now,
+        // No launch within the window, with or without an idempotency key (a
+        // key only makes the same request replayable: twenty requests with
+        // twenty keys are still one launch), and none while an earlier submit
+        // of the group is still being verified (it may have been created at
+        // ElevenLabs). Only the uncalled needs no window: repeated, it finds
+        // nobody left to call.
+        let since = match only_uncalled {
+            false => now - chrono::Duration::seconds(state.config.duplicate_window_secs as i64),
+            true => now,
         };
         if let Some(earlier) = state.store.recent_batch(group.id, since).await? {
             let mut conflict =

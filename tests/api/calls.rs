@@ -27,6 +27,7 @@ both_backends!(
     concurrent_launches_give_one_batch_and_one_conflict,
     launching_again_within_the_window_is_a_conflict,
     idempotency_key_replays_the_first_answer,
+    concurrent_launches_with_any_keys_create_one_batch,
     elevenlabs_errors_leave_no_batch_and_a_clear_error,
     elevenlabs_timeout_is_recorded_for_reconciliation_not_retried,
     a_submit_that_may_have_reached_elevenlabs_blocks_relaunch_until_verified,
@@ -674,12 +675,77 @@ async fn idempotency_key_replays_the_first_answer(backend: Backend) {
     )
     .await
     .assert_error(422, "La clave de idempotencia ya se usó con otra petición");
-    // A deliberate new launch with a new key is allowed inside the window.
-    send("launch-2", json!({"userId": id})).await.assert_ok(
-        200,
-        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    // A new key is a new request, not a pass through the double-launch guard.
+    send("launch-2", json!({"userId": id})).await.assert_error(
+        409,
+        "Ya se iniciaron llamadas para este grupo hace un momento",
     );
-    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+}
+
+/// Twenty launches of one group at once, with no key, one shared key, or a
+/// key each: one batch every time, everyone called once. The others get the
+/// 409 (or, with the shared key, the first answer replayed).
+async fn concurrent_launches_with_any_keys_create_one_batch(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    sim(&app).inject(Fault::delay("POST", "/v1/convai/batch-calling/submit", 100));
+    for keys in ["none", "shared", "distinct"] {
+        let group = group_id(
+            &app,
+            &token,
+            json!({"name": keys, "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
+                   "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+        )
+        .await;
+        let launches = (0..20).map(|i| {
+            let mut request = app
+                .client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .json(&json!({"userId": id}));
+            match keys {
+                "shared" => request = request.header("idempotency-key", format!("{keys}-1")),
+                "distinct" => request = request.header("idempotency-key", format!("{keys}-{i}")),
+                _ => {}
+            }
+            app.send(request)
+        });
+        let replies = futures::future::join_all(launches).await;
+        let launched: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+        let batch = &launched.first().expect("one launch went through").body["data"]["batchId"];
+        for reply in &replies {
+            match reply.status.as_u16() {
+                200 => assert_eq!(&reply.body["data"]["batchId"], batch, "{keys}: a replay"),
+                409 => reply.assert_error(
+                    409,
+                    "Ya se iniciaron llamadas para este grupo hace un momento",
+                ),
+                other => panic!("{keys}: {other} {}", reply.text),
+            }
+        }
+        if keys != "shared" {
+            assert_eq!(launched.len(), 1, "{keys}");
+        }
+        assert_eq!(
+            app.db
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM batches WHERE group_id = {group}"
+                ))
+                .await,
+            1,
+            "{keys}"
+        );
+        assert_eq!(
+            app.db
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM call_records r JOIN batches b ON b.id = r.batch_id WHERE b.group_id = {group}"
+                ))
+                .await,
+            3,
+            "{keys}: each client called once"
+        );
+    }
 }
 
 async fn elevenlabs_errors_leave_no_batch_and_a_clear_error(backend: Backend) {
