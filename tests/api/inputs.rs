@@ -1,6 +1,6 @@
 //! Input that every endpoint shares (API.md §1): text holding U+0000, which
-//! PostgreSQL cannot store. It is answered the same way on both backends, and
-//! leaves the database as it was.
+//! PostgreSQL cannot store, and pages whose offset would overflow. Each is
+//! answered the same way on both backends, and leaves the database as it was.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -19,9 +19,11 @@ both_backends!(
     nul_in_any_query_parameter_is_a_400,
     nul_in_a_path_or_a_header_is_refused_without_a_500,
     nul_in_spreadsheet_cells_is_dropped_on_import,
+    a_page_past_the_offset_bound_is_a_400_on_every_list,
 );
 
 const MSG_NUL: &str = "Los textos no pueden contener el carácter nulo (U+0000)";
+const MSG_BAD_PAGE: &str = "Parámetro page inválido";
 
 const CSV: &str = "nombre,telefono,monto\nAna,3138539151,100\nLuis,3138539152,200\n";
 
@@ -416,4 +418,53 @@ async fn nul_in_spreadsheet_cells_is_dropped_on_import(backend: Backend) {
             .await,
         1
     );
+}
+
+async fn a_page_past_the_offset_bound_is_a_400_on_every_list(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, admin, group) = admin_and_group(&app).await;
+    let launch = app
+        .post(
+            &format!("/api/groups/{group}/call"),
+            Some(&token),
+            json!({"userId": admin}),
+        )
+        .await;
+    assert_eq!(launch.status, 200, "{}", launch.text);
+    let batch = launch.body["data"]["batchId"].as_str().unwrap().to_owned();
+    let lists = |page: &str| {
+        vec![
+            format!("/api/groups?page={page}&limit=200"),
+            format!("/api/groups/{group}?include_clients=true&client_page={page}&client_limit=200"),
+            format!("/api/groups/{group}/clients?page={page}&limit=200"),
+            format!("/api/groups/{group}/uncalled-clients?page={page}&limit=200"),
+            format!("/api/groups/{group}/call-history?page={page}&limit=200"),
+            format!("/api/groups/{group}/batch-status?page={page}&limit=200"),
+            format!("/api/groups/{group}/batch-status/{batch}?page={page}&limit=200"),
+            format!("/api/batch-calls/{batch}/status?page={page}&limit=200"),
+            format!("/api/do-not-call?page={page}&limit=200"),
+            format!("/api/users?page={page}&limit=200"),
+        ]
+    };
+    for path in lists("9223372036854775807")
+        .into_iter()
+        .chain(lists("50002"))
+    {
+        let reply = app.get(&path, Some(&token)).await;
+        reply.assert_error(400, MSG_BAD_PAGE);
+        assert_eq!(
+            reply.body["error"], "(page - 1) × limit no puede superar 10000000",
+            "{path}"
+        );
+    }
+    // The last page allowed skips exactly 10,000,000 rows: an empty page.
+    for path in lists("50001") {
+        let reply = app.get(&path, Some(&token)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+    }
+    let users = app
+        .get("/api/users?page=50001&limit=200", Some(&token))
+        .await;
+    assert_eq!(users.body["data"], json!([]));
+    assert_eq!(users.body["pagination"]["page"], 50001);
 }
