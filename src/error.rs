@@ -21,6 +21,7 @@ pub const MSG_TOO_LARGE: &str = "El cuerpo de la petición es demasiado grande";
 pub const MSG_BAD_ID: &str = "ID inválido";
 pub const MSG_BAD_QUERY: &str = "Parámetros de consulta inválidos";
 pub const MSG_FORBIDDEN: &str = "No tienes permiso para realizar esta acción";
+pub const MSG_NUL: &str = "Los textos no pueden contener el carácter nulo (U+0000)";
 
 /// The failure envelope, as documented in the OpenAPI document.
 #[derive(Debug, Serialize, ToSchema)]

@@ -11,13 +11,14 @@ use serde::de::DeserializeOwned;
 use crate::app::AppState;
 use crate::auth::TokenError;
 use crate::error::{
-    ApiError, MSG_BAD_ID, MSG_BAD_JSON, MSG_BAD_QUERY, MSG_CONTENT_TYPE, MSG_FORBIDDEN,
+    ApiError, MSG_BAD_ID, MSG_BAD_JSON, MSG_BAD_QUERY, MSG_CONTENT_TYPE, MSG_FORBIDDEN, MSG_NUL,
     MSG_TOO_LARGE,
 };
 use crate::store::User;
 
 /// A JSON body: 415 without a JSON content type, 413 over the body limit,
-/// 400 for anything that does not parse into `T`.
+/// 400 for anything that does not parse into `T`, and 400 [`MSG_NUL`] for a
+/// string holding U+0000 (see [`has_escaped_nul`]).
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -42,10 +43,35 @@ where
                     .with_error("No se pudo leer el cuerpo de la petición")
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::bad_request(MSG_BAD_JSON).with_error(e.to_string()))
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(MSG_BAD_JSON).with_error(e.to_string()))?;
+        if has_escaped_nul(&bytes) {
+            return Err(ApiError::bad_request(MSG_NUL).with_error("en el cuerpo JSON"));
+        }
+        Ok(ApiJson(value))
     }
+}
+
+/// Whether a JSON text that has parsed holds U+0000 in a string (or a key).
+///
+/// PostgreSQL's `text` and `jsonb` cannot store that character, so it would
+/// fail there (a 500) and be kept on SQLite; refusing it here, for every
+/// body, gives one answer on both. JSON can only write it as the escape
+/// `\u0000` (a raw control character in a string does not parse), and in
+/// valid JSON every backslash is inside a string and starts an escape, so
+/// looking at each escape in turn is exact: `"\\u0000"` is a backslash and
+/// the text `u0000`, not a NUL.
+fn has_escaped_nul(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = &rest[at + 1..];
+        if escape.starts_with(b"u0000") {
+            return true;
+        }
+        // Skip the escaped character: a second backslash starts nothing.
+        rest = escape.get(1..).unwrap_or_default();
+    }
+    false
 }
 
 fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
@@ -61,7 +87,9 @@ fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Query parameters; a value of the wrong type is a 400 in our envelope.
+/// Query parameters; a value of the wrong type is a 400 in our envelope, and
+/// so is a parameter holding U+0000 (`%00`), for the reason given at
+/// [`has_escaped_nul`].
 pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
@@ -72,11 +100,30 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
+        let value = Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))
-            .map_err(|e| ApiError::bad_request(MSG_BAD_QUERY).with_error(e.body_text()))
+            .map_err(|e| ApiError::bad_request(MSG_BAD_QUERY).with_error(e.body_text()))?;
+        if let Some(name) = parts.uri.query().and_then(param_with_nul) {
+            return Err(
+                ApiError::bad_request(MSG_NUL).with_error(format!("en el parámetro '{name}'"))
+            );
+        }
+        Ok(value)
     }
+}
+
+/// The first query parameter (its name as written) whose name or value
+/// decodes to a text holding U+0000. A URI cannot carry that byte itself, and
+/// form decoding turns `%` and two hex digits into a byte, else keeps the `%`:
+/// so a NUL comes only from `%00`, and every `%00` in the text is one (the `%`
+/// of `%00` cannot be the digits of an earlier escape, and `%2500` holds no
+/// `%00`).
+fn param_with_nul(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .find(|pair| pair.contains("%00"))
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
 }
 
 /// The path's ids, in order: each must be a positive integer, else 400 `"ID inválido"`.
@@ -164,7 +211,37 @@ impl FromRequestParts<AppState> for AdminUser {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_id;
+    use super::{has_escaped_nul, param_with_nul, parse_id};
+
+    #[test]
+    fn a_nul_is_found_in_any_json_string_and_only_there() {
+        for with in [
+            r#"{"name": "a\u0000b"}"#,
+            r#"{"k\u0000": 1}"#,
+            r#"["\\\u0000"]"#,
+            r#""\u0000""#,
+        ] {
+            assert!(has_escaped_nul(with.as_bytes()), "{with}");
+        }
+        for without in [
+            r#"{"name": "a\\u0000b"}"#,
+            r#"{"name": "\u0001\u0010"}"#,
+            r#"{"n": 0}"#,
+            r#""\\""#,
+            r#""\"u0000""#,
+        ] {
+            assert!(!has_escaped_nul(without.as_bytes()), "{without}");
+        }
+    }
+
+    #[test]
+    fn a_nul_in_a_query_names_its_parameter() {
+        assert_eq!(param_with_nul("page=1&search=a%00b"), Some("search"));
+        assert_eq!(param_with_nul("se%00arch=x"), Some("se%00arch"));
+        assert_eq!(param_with_nul("search=%%00"), Some("search"));
+        assert_eq!(param_with_nul("flag%00"), Some("flag%00"));
+        assert_eq!(param_with_nul("search=%2500&x=%0"), None);
+    }
 
     #[test]
     fn ids_must_be_positive_decimal_integers() {

@@ -372,7 +372,7 @@ pub async fn group_batch_status(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Response> {
     let group = visible_group(&state, &caller, ids.first()).await?;
-    let page = PageParams::from(q);
+    let page = PageParams::try_from(q)?;
     let batches = state.store.group_batches(group.id).await?;
     let Some(latest) = batches.first() else {
         return Ok(envelope(
@@ -408,7 +408,7 @@ async fn status_of(
     q: PageQuery,
 ) -> ApiResult<Response> {
     let (group, batch) = visible_batch(state, caller, path).await?;
-    let (view, pagination, warning) = batch_view(state, &batch, PageParams::from(q)).await?;
+    let (view, pagination, warning) = batch_view(state, &batch, PageParams::try_from(q)?).await?;
     let message = if warning.is_some() {
         MSG_STATUS_DB
     } else {

@@ -112,10 +112,10 @@ pub async fn list_clients(
     ApiQuery(q): ApiQuery<ClientListQuery>,
 ) -> ApiResult<Json<Envelope<Vec<Client>>>> {
     let group = visible_group(&state, &caller, ids.first()).await?;
-    let page = PageParams::from(PageQuery {
+    let page = PageParams::try_from(PageQuery {
         page: q.page,
         limit: q.limit,
-    });
+    })?;
     let query = ClientQuery {
         page: page.page,
         limit: page.limit,
@@ -147,7 +147,7 @@ pub async fn uncalled_clients(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Envelope<Vec<Client>>>> {
     let group = visible_group(&state, &caller, ids.first()).await?;
-    let page = PageParams::from(q);
+    let page = PageParams::try_from(q)?;
     let query = ClientQuery {
         page: page.page,
         limit: page.limit,

@@ -49,10 +49,10 @@ pub async fn list(
     AuthUser(_user): AuthUser,
     ApiQuery(q): ApiQuery<DncQuery>,
 ) -> ApiResult<Json<Envelope<Vec<DoNotCall>>>> {
-    let page = PageParams::from(PageQuery {
+    let page = PageParams::try_from(PageQuery {
         page: q.page,
         limit: q.limit,
-    });
+    })?;
     let search = clean(q.search);
     let (list, total) = state
         .store

@@ -454,10 +454,10 @@ pub async fn list_groups(
     AuthUser(caller): AuthUser,
     ApiQuery(q): ApiQuery<GroupListQuery>,
 ) -> ApiResult<Json<Envelope<Vec<Group>>>> {
-    let page = PageParams::from(PageQuery {
+    let page = PageParams::try_from(PageQuery {
         page: q.page,
         limit: q.limit,
-    });
+    })?;
     let query = GroupQuery {
         page: page.page,
         limit: page.limit,
@@ -505,10 +505,10 @@ pub async fn get_group(
     let group = visible_group(&state, &caller, ids.first()).await?;
     let mut data = serde_json::to_value(&group).map_err(ApiError::internal)?;
     if q.include_clients == Some(true) {
-        let page = PageParams::from(PageQuery {
+        let page = PageParams::try_from(PageQuery {
             page: q.client_page,
             limit: q.client_limit,
-        });
+        })?;
         let query = ClientQuery {
             page: page.page,
             limit: page.limit,

@@ -357,10 +357,10 @@ pub async fn call_history(
     let filter = history_filter(&state, &group, &mut q).await?;
     match format {
         Format::Json => {
-            let page = PageParams::from(PageQuery {
+            let page = PageParams::try_from(PageQuery {
                 page: q.page,
                 limit: q.limit,
-            });
+            })?;
             let (calls, total) = state
                 .store
                 .call_history(group.id, &filter, page.page, page.limit)

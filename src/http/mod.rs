@@ -19,6 +19,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::error::ApiError;
+
 /// The success envelope of API.md §1.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T> {
@@ -88,7 +90,8 @@ impl Pagination {
     }
 }
 
-/// `?page=1&limit=20`: page from 1, limit clamped to 1..=200.
+/// `?page=1&limit=20`: page from 1, limit clamped to 1..=200, and the page's
+/// first row at most [`MAX_OFFSET`] rows in.
 #[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
@@ -102,11 +105,26 @@ pub struct PageParams {
     pub limit: i64,
 }
 
-impl From<PageQuery> for PageParams {
-    fn from(q: PageQuery) -> Self {
-        PageParams {
-            page: q.page.unwrap_or(1).max(1),
-            limit: q.limit.unwrap_or(20).clamp(1, 200),
+/// Rows a page may skip, `(page - 1) × limit` (API.md §1). Past it a page is
+/// refused rather than read: the database would step over every skipped row
+/// (reading that deep is an export's job: the history's CSV reads every
+/// call), and an unbounded `page` overflowed the offset into a negative
+/// number (PostgreSQL: a 500) or wrapped it round to the first page (SQLite).
+pub const MAX_OFFSET: i64 = 10_000_000;
+
+pub const MSG_BAD_PAGE: &str = "Parámetro page inválido";
+
+impl TryFrom<PageQuery> for PageParams {
+    type Error = ApiError;
+
+    /// 400 [`MSG_BAD_PAGE`] when the page starts past [`MAX_OFFSET`].
+    fn try_from(q: PageQuery) -> Result<Self, ApiError> {
+        let page = q.page.unwrap_or(1).max(1);
+        let limit = q.limit.unwrap_or(20).clamp(1, 200);
+        match (page - 1).checked_mul(limit) {
+            Some(offset) if offset <= MAX_OFFSET => Ok(PageParams { page, limit }),
+            _ => Err(ApiError::bad_request(MSG_BAD_PAGE)
+                .with_error(format!("(page - 1) × limit no puede superar {MAX_OFFSET}"))),
         }
     }
 }
@@ -174,10 +192,32 @@ mod tests {
 
     #[test]
     fn page_params_are_clamped() {
-        let p = PageParams::from(PageQuery {
+        let p = PageParams::try_from(PageQuery {
             page: Some(0),
             limit: Some(1000),
-        });
+        })
+        .expect("clamped");
         assert_eq!((p.page, p.limit), (1, 200));
+    }
+
+    #[test]
+    fn pages_past_the_offset_bound_are_refused_never_wrapped() {
+        let page = |page, limit| {
+            PageParams::try_from(PageQuery {
+                page: Some(page),
+                limit: Some(limit),
+            })
+        };
+        let last = page(MAX_OFFSET / 200 + 1, 200).expect("the last page allowed");
+        assert_eq!(last.page, 50_001);
+        for (p, l) in [
+            (50_002, 200),
+            (MAX_OFFSET + 2, 1),
+            (i64::MAX, 200),
+            (i64::MAX, 1),
+        ] {
+            let err = page(p, l).expect_err("past the bound");
+            assert_eq!((err.status.as_u16(), &*err.message), (400, MSG_BAD_PAGE));
+        }
     }
 }

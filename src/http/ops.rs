@@ -27,22 +27,58 @@ pub async fn health() -> Json<Value> {
     Json(json!({"success": true, "status": "ok"}))
 }
 
-/// Readiness: the database answers.
+const MSG_DATABASE_DOWN: &str = "Base de datos no disponible";
+const MSG_NOT_MIGRATED: &str = "Esquema de base de datos no migrado";
+
+/// What readiness and health found in the database.
+enum Schema {
+    /// It answers and has every migration this binary embeds.
+    Current,
+    /// It answers without them (recreated empty while we ran): every request
+    /// that touches a table would fail. The versions missing.
+    NotMigrated(Vec<i64>),
+    /// It does not answer.
+    Down,
+}
+
+/// Looks at the database once. Migrations are not applied from here: a
+/// database recreated empty may be about to receive a restored dump, which a
+/// schema of ours would collide with; the operator migrates (`marcador
+/// migrate`, or a restart) when that is what they want.
+async fn check_schema(state: &AppState) -> Schema {
+    match state.store.missing_migrations().await {
+        Ok(missing) if missing.is_empty() => Schema::Current,
+        Ok(missing) => {
+            tracing::warn!(?missing, "the database schema is not migrated");
+            Schema::NotMigrated(missing)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "the database does not answer");
+            Schema::Down
+        }
+    }
+}
+
+/// Readiness: the database answers and its schema is this binary's.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Listo para recibir tráfico"),
-        (status = 503, description = "Base de datos no disponible", body = ErrorBody),
+        (status = 503, description = "Base de datos no disponible / Esquema de base de datos no migrado", body = ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.store.ping().await {
-        Ok(()) => Ok(Json(json!({"success": true, "status": "ready"}))),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Base de datos no disponible",
-            ))
-        }
+    match check_schema(&state).await {
+        Schema::Current => Ok(Json(json!({"success": true, "status": "ready"}))),
+        Schema::NotMigrated(missing) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            MSG_NOT_MIGRATED,
+        )
+        .with_error(format!(
+            "Faltan las migraciones {missing:?}: ejecuta `marcador migrate` o reinicia el servicio"
+        ))),
+        Schema::Down => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            MSG_DATABASE_DOWN,
+        )),
     }
 }
 
@@ -51,6 +87,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 pub struct HealthReport {
     /// `ok` or `error`.
     pub database: &'static str,
+    /// `ok`, `not_migrated` (the database answers without this binary's
+    /// migrations) or `unknown` (it does not answer).
+    pub schema: &'static str,
     /// `sqlite` or `postgres`.
     pub database_backend: &'static str,
     /// `live` (a real ElevenLabs key) or `simulator`.
@@ -64,9 +103,15 @@ pub struct HealthReport {
 #[utoipa::path(get, path = "/api/health", tag = "operations",
     responses((status = 200, description = "Estado del servicio", body = HealthReport)))]
 pub async fn api_health(State(state): State<AppState>) -> Response {
-    let database_ok = state.store.ping().await.is_ok();
+    let (database, schema, message) = match check_schema(&state).await {
+        Schema::Current => ("ok", "ok", "Servicio operativo"),
+        Schema::NotMigrated(_) => ("ok", "not_migrated", MSG_NOT_MIGRATED),
+        Schema::Down => ("error", "unknown", MSG_DATABASE_DOWN),
+    };
+    let healthy = schema == "ok";
     let report = HealthReport {
-        database: if database_ok { "ok" } else { "error" },
+        database,
+        schema,
         database_backend: state.store.backend(),
         elevenlabs: if state.config.simulator_mode() {
             "simulator"
@@ -78,24 +123,14 @@ pub async fn api_health(State(state): State<AppState>) -> Response {
     };
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     if let Value::Object(map) = &mut body {
-        map.insert("success".into(), Value::Bool(database_ok));
-        map.insert(
-            "message".into(),
-            Value::String(
-                if database_ok {
-                    "Servicio operativo"
-                } else {
-                    "Base de datos no disponible"
-                }
-                .into(),
-            ),
-        );
+        map.insert("success".into(), Value::Bool(healthy));
+        map.insert("message".into(), Value::String(message.into()));
         map.insert(
             "data".into(),
             serde_json::to_value(&report).unwrap_or_default(),
         );
     }
-    let status = if database_ok {
+    let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

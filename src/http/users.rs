@@ -62,10 +62,10 @@ pub async fn list_users(
     AdminUser(_admin): AdminUser,
     ApiQuery(q): ApiQuery<UserListQuery>,
 ) -> ApiResult<Json<Envelope<Vec<User>>>> {
-    let page = PageParams::from(PageQuery {
+    let page = PageParams::try_from(PageQuery {
         page: q.page,
         limit: q.limit,
-    });
+    })?;
     let query = UserQuery {
         page: page.page,
         limit: page.limit,

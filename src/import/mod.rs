@@ -555,7 +555,24 @@ impl RowSink for Builder<'_> {
         self.reserve(rows);
     }
 
+    /// A cell holding U+0000 (an `.xlsx` escape `_x0000_`, an `.xls` string
+    /// padded with NULs) is read without it: no spreadsheet shows the
+    /// character, so its author cannot see it to remove it, and PostgreSQL
+    /// cannot store it (SQLite would keep it). API.md §4 says so.
     fn row(&mut self, number: usize, cells: &[Cow<'_, str>]) -> Result<(), ImportError> {
+        if cells.iter().any(|c| c.contains('\0')) {
+            let cleaned: Vec<Cow<'_, str>> = cells
+                .iter()
+                .map(|c| Cow::Owned(c.replace('\0', "")))
+                .collect();
+            return self.read_row(number, &cleaned);
+        }
+        self.read_row(number, cells)
+    }
+}
+
+impl Builder<'_> {
+    fn read_row(&mut self, number: usize, cells: &[Cow<'_, str>]) -> Result<(), ImportError> {
         if cells.iter().all(|c| c.trim().is_empty()) {
             return Ok(());
         }
@@ -644,9 +661,7 @@ impl RowSink for Builder<'_> {
         }
         Ok(())
     }
-}
 
-impl Builder<'_> {
     /// Room for the rows the reader expects, so that 100,000 clients are not
     /// moved through a dozen reallocations (never past `max_rows`).
     fn reserve(&mut self, rows: usize) {

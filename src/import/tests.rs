@@ -334,6 +334,35 @@ fn xlsx_cells_read_as_a_person_sees_them() {
 }
 
 #[test]
+fn nul_characters_in_cells_are_dropped() {
+    // rust_xlsxwriter writes U+0000 as Excel's `_x0000_`, which calamine reads back.
+    let bytes = xlsx(|sheet| {
+        write_row(sheet, 0, &["Nombre\u{0}", "Tel\u{0}éfono", "Monto"]);
+        write_row(
+            sheet,
+            1,
+            &["Ana\u{0} María", "313\u{0}8539155", "1\u{0}\u{0}2"],
+        );
+        write_row(sheet, 2, &["\u{0}", "\u{0}\u{0}", "\u{0}"]);
+        write_row(sheet, 3, &["Luis", "3138539156\u{0}", "\u{0}"]);
+    });
+    let report = parse(&bytes, "c.xlsx").expect("parsed");
+    assert_eq!(report.total_rows, 2, "a row of NULs only is blank");
+    assert_eq!(numbers(&report), ["+573138539155", "+573138539156"]);
+    let ana = &report.clients[0];
+    assert_eq!(ana.name.as_deref(), Some("Ana María"));
+    assert_eq!(ana.phone, "3138539155");
+    assert_eq!(
+        serde_json::Value::Object(ana.variables.clone()),
+        json!({"monto": "12"})
+    );
+    assert!(
+        report.clients[1].variables.is_empty(),
+        "an empty cell once its NUL is gone"
+    );
+}
+
+#[test]
 fn the_first_non_empty_sheet_is_read() {
     let bytes = workbook(|book| {
         book.add_worksheet()

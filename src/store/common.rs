@@ -14,7 +14,9 @@
 //! - `async fn insert_call_records(tx, …)`: the bulk load of a batch's recipients;
 //! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
 //! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch;
-//! - `async fn import_turn(&self)`: a turn among imports whose transaction is open.
+//! - `async fn import_turn(&self)`: a turn among imports whose transaction is open;
+//! - `const MIGRATIONS`: the embedded migrations; `const HAS_MIGRATIONS_TABLE`:
+//!   a query answering whether `_migrations` exists (each catalogue differs).
 
 /// A client (`clients`) some batch has included: it has a call record in a
 /// batch that reached ElevenLabs (a timed-out submit that was given up, being
@@ -386,15 +388,24 @@ macro_rules! shared_store_impl {
                 $backend
             }
 
-            async fn ping(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
-            }
-
             async fn applied_migrations(&self) -> StoreResult<Vec<i64>> {
                 Ok(sqlx::query_scalar("SELECT version FROM _migrations ORDER BY version")
                     .fetch_all(&self.pool)
                     .await?)
+            }
+
+            async fn missing_migrations(&self) -> StoreResult<Vec<i64>> {
+                // The table is looked for first: reading a missing one is an
+                // error, which would look like a database that does not answer.
+                let exists: bool = sqlx::query_scalar(Self::HAS_MIGRATIONS_TABLE)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let applied = if exists { self.applied_migrations().await? } else { Vec::new() };
+                Ok(Self::MIGRATIONS
+                    .iter()
+                    .map(|(version, _, _)| *version)
+                    .filter(|version| !applied.contains(version))
+                    .collect())
             }
 
             async fn count_users(&self) -> StoreResult<i64> {

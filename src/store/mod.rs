@@ -77,10 +77,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
-    /// A cheap round trip, for readiness checks.
-    async fn ping(&self) -> StoreResult<()>;
     /// Versions of the migrations applied, in order.
     async fn applied_migrations(&self) -> StoreResult<Vec<i64>>;
+    /// The versions this binary embeds that the database has not recorded, in
+    /// order: all of them when `_migrations` itself is missing (a database
+    /// recreated empty under a running server). Reads only; for readiness.
+    async fn missing_migrations(&self) -> StoreResult<Vec<i64>>;
 
     async fn count_users(&self) -> StoreResult<i64>;
     /// Creates a user. With [`RolePolicy::FirstIsAdmin`] the role is decided

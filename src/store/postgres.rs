@@ -78,9 +78,13 @@ impl PgStore {
             pool,
             imports: tokio::sync::Semaphore::new(CONCURRENT_IMPORTS),
         };
-        store.run_migrations(PG_MIGRATIONS).await?;
+        store.run_migrations(Self::MIGRATIONS).await?;
         Ok(store)
     }
+
+    const MIGRATIONS: &'static [Migration] = PG_MIGRATIONS;
+    /// Resolved through the search path, as the queries that use the table are.
+    const HAS_MIGRATIONS_TABLE: &'static str = "SELECT to_regclass('_migrations') IS NOT NULL";
 
     /// One statement for all the changes of a snapshot: the changes travel as
     /// arrays and `UNNEST` joins them to the rows (10,000 calls, one round trip).

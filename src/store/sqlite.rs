@@ -72,9 +72,13 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let store = SqliteStore { pool };
-        store.run_migrations(SQLITE_MIGRATIONS).await?;
+        store.run_migrations(Self::MIGRATIONS).await?;
         Ok(store)
     }
+
+    const MIGRATIONS: &'static [Migration] = SQLITE_MIGRATIONS;
+    const HAS_MIGRATIONS_TABLE: &'static str =
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations')";
 
     /// A single `INSERT … SELECT` holds SQLite's write lock for its whole run,
     /// which already serialises first-user decisions.

@@ -13,6 +13,7 @@ mod clients;
 mod errors;
 mod groups;
 mod history;
+mod inputs;
 mod ops;
 mod simulator;
 mod store;

@@ -10,6 +10,7 @@ use crate::helpers::{
 both_backends!(
     health_answers_ok_without_auth,
     ready_checks_the_database,
+    ready_is_503_while_the_schema_is_not_migrated,
     api_health_reports_database_backend_and_simulator,
     metrics_count_requests_by_route,
     every_response_carries_a_request_id,
@@ -34,6 +35,53 @@ async fn ready_checks_the_database(backend: Backend) {
     assert_eq!(reply.body["status"], "ready");
 }
 
+/// A database emptied under a running server (dropped and recreated, or a
+/// restore in progress): not ready, and `/api/health` says why, instead of
+/// "ready" while every request fails.
+async fn ready_is_503_while_the_schema_is_not_migrated(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let versions = crate::store::migration_versions(backend);
+    let latest = *versions.last().expect("migrations");
+    app.db
+        .execute(&format!("DELETE FROM _migrations WHERE version = {latest}"))
+        .await;
+    let reply = app.get("/ready", None).await;
+    reply.assert_error(503, "Esquema de base de datos no migrado");
+    assert_eq!(
+        reply.body["error"],
+        format!(
+            "Faltan las migraciones [{latest}]: ejecuta `marcador migrate` o reinicia el servicio"
+        )
+    );
+    let health = app.get("/api/health", None).await;
+    assert_eq!(health.status, 503, "{}", health.text);
+    assert_eq!(health.body["success"], false);
+    assert_eq!(
+        health.body["message"],
+        "Esquema de base de datos no migrado"
+    );
+    for report in [&health.body, &health.body["data"]] {
+        assert_eq!(report["database"], "ok");
+        assert_eq!(report["schema"], "not_migrated");
+    }
+
+    // Recreated empty: not even `_migrations` is there.
+    app.db
+        .execute(match backend {
+            Backend::Sqlite => "DROP TABLE _migrations",
+            Backend::Postgres => "DROP SCHEMA public CASCADE; CREATE SCHEMA public",
+        })
+        .await;
+    let reply = app.get("/ready", None).await;
+    reply.assert_error(503, "Esquema de base de datos no migrado");
+    assert_eq!(
+        reply.body["error"],
+        format!(
+            "Faltan las migraciones {versions:?}: ejecuta `marcador migrate` o reinicia el servicio"
+        )
+    );
+}
+
 async fn api_health_reports_database_backend_and_simulator(backend: Backend) {
     let app = spawn_app(backend).await;
     let reply = app.get("/api/health", None).await;
@@ -44,6 +92,7 @@ async fn api_health_reports_database_backend_and_simulator(backend: Backend) {
     };
     for report in [&reply.body, &reply.body["data"]] {
         assert_eq!(report["database"], "ok");
+        assert_eq!(report["schema"], "ok");
         assert_eq!(report["databaseBackend"], expected_backend);
         assert_eq!(report["elevenlabs"], "simulator");
         assert_eq!(report["version"], env!("CARGO_PKG_VERSION"));
