@@ -388,6 +388,7 @@ pub async fn group_batch_status(
         .map(|b| Value::Object(batch_json(b, None)))
         .collect();
     let last_sync = batches.iter().filter_map(|b| b.last_synced_at).max();
+    let launch = launch_view(&state, group.id, &batches).await?;
     let message = if warning.is_some() {
         MSG_STATUS_DB
     } else {
@@ -395,10 +396,66 @@ pub async fn group_batch_status(
     };
     Ok(envelope(
         message,
-        json!({"group": group, "batchCall": view, "hasBeenCalled": true, "lastSync": last_sync, "batches": summaries}),
+        json!({"group": group, "batchCall": view, "hasBeenCalled": true, "lastSync": last_sync, "batches": summaries, "launch": launch}),
         Some(pagination),
         warning,
     ))
+}
+
+/// How far the group's latest launch got: its parts are the newest part 1
+/// and the parts written after it (launches of a group never overlap).
+/// `(parts that reached ElevenLabs or may have, parts planned, whether one
+/// is still being verified)`.
+fn latest_launch(batches_newest_first: &[BatchRow]) -> Option<(usize, usize, bool)> {
+    let first = batches_newest_first
+        .iter()
+        .position(|b| b.part_index == 1)?;
+    let parts = batches_newest_first.get(..=first)?;
+    let total = parts.last().map_or(1, |b| b.part_count.max(1) as usize);
+    let sent = parts
+        .iter()
+        .filter(|b| b.submit_state != "not_submitted")
+        .count();
+    let unverified = parts.iter().any(|b| b.submit_state == "unknown");
+    Some((sent, total, unverified))
+}
+
+/// `data.launch` of the group's status: whether its latest launch sent every
+/// part, and, when it stopped half-way (a crash, or a part ElevenLabs
+/// refused), how many clients are still uncalled and how to call them.
+async fn launch_view(state: &AppState, group_id: i64, batches: &[BatchRow]) -> ApiResult<Value> {
+    let Some((sent, total, unverified)) = latest_launch(batches) else {
+        return Ok(Value::Null);
+    };
+    let state_name = if state.store.launch_in_progress(group_id, Utc::now()).await? {
+        "in_progress"
+    } else if sent >= total {
+        "complete"
+    } else if unverified {
+        "verifying"
+    } else {
+        "stopped"
+    };
+    let mut view = json!({"status": state_name, "partsSent": sent, "partsTotal": total});
+    if matches!(state_name, "stopped" | "verifying") {
+        let query = crate::store::ClientQuery {
+            page: 1,
+            limit: 1,
+            uncalled: true,
+            ..Default::default()
+        };
+        let (_, uncalled) = state.store.list_clients(group_id, &query).await?;
+        view["uncalledClients"] = json!(uncalled);
+        view["message"] = json!(match state_name {
+            "stopped" => format!(
+                "El lanzamiento se detuvo tras enviar {sent} de {total} partes: quedan {uncalled} clientes sin llamar. Para llamarlos, inicia las llamadas con \"onlyUncalled\": true (nadie recibe dos llamadas)."
+            ),
+            _ => format!(
+                "El lanzamiento se detuvo tras enviar {sent} de {total} partes y un envío aún se está verificando con ElevenLabs: quedan {uncalled} clientes sin llamar. Cuando se haya verificado (unos minutos), inicia las llamadas con \"onlyUncalled\": true."
+            ),
+        });
+    }
+    Ok(view)
 }
 
 async fn status_of(

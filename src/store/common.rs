@@ -910,6 +910,17 @@ macro_rules! shared_store_impl {
                 Ok(taken.rows_affected() == 1)
             }
 
+            async fn launch_in_progress(&self, group_id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM groups WHERE id = $1 AND launch_locked_until >= $2",
+                )
+                .bind(group_id)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(held > 0)
+            }
+
             async fn unlock_launch(&self, group_id: i64) -> StoreResult<()> {
                 sqlx::query("UPDATE groups SET launch_locked_until = NULL WHERE id = $1")
                     .bind(group_id)

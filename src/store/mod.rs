@@ -178,6 +178,8 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
 
     /// Takes the group's launch lock until `until` unless another launch holds it.
     async fn lock_launch(&self, group_id: i64, until: DateTime<Utc>) -> StoreResult<bool>;
+    /// Whether a launch of the group holds its lock at `now`.
+    async fn launch_in_progress(&self, group_id: i64, now: DateTime<Utc>) -> StoreResult<bool>;
     async fn unlock_launch(&self, group_id: i64) -> StoreResult<()>;
     /// The newest batch of the group created at or after `since`, or still being
     /// verified at ElevenLabs whatever its age (its ElevenLabs id, if known).

@@ -1060,6 +1060,20 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
         10_000
     );
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    // The group's status says so too (a crash between parts leaves the same
+    // rows: part 1 sent, nothing of the others).
+    let status = app
+        .get(&format!("/api/groups/{group}/batch-status"), Some(&token))
+        .await;
+    let launch = &status.body["data"]["launch"];
+    assert_eq!(launch["status"], "stopped", "{}", status.text);
+    assert_eq!(launch["partsSent"], 1);
+    assert_eq!(launch["partsTotal"], 3);
+    assert_eq!(launch["uncalledClients"], 10_005);
+    assert_eq!(
+        launch["message"],
+        "El lanzamiento se detuvo tras enviar 1 de 3 partes: quedan 10005 clientes sin llamar. Para llamarlos, inicia las llamadas con \"onlyUncalled\": true (nadie recibe dos llamadas)."
+    );
 
     // At once, without a key: not a double launch, only the 10,005 left.
     sim.clear_requests();
@@ -1104,6 +1118,14 @@ async fn a_launch_stopped_half_way_is_resumed_with_only_uncalled(backend: Backen
             .await,
         20_005,
         "every client in exactly one batch"
+    );
+    let status = app
+        .get(&format!("/api/groups/{group}/batch-status"), Some(&token))
+        .await;
+    assert_eq!(
+        status.body["data"]["launch"],
+        json!({"status": "complete", "partsSent": 2, "partsTotal": 2}),
+        "the resuming launch is the latest, and it is whole"
     );
 
     // Once more: nobody is left, nothing is sent.
