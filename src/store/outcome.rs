@@ -338,6 +338,22 @@ macro_rules! outcome_store_impl {
                 async fn apply_conversation_outcomes(&self, outcomes: &[(i64, CallOutcome)]) -> StoreResult<()> {
                     let now = chrono::Utc::now();
                     let mut tx = self.begin_write().await?;
+                    // Every call record first, in id order, before any rollup
+                    // row: a webhook locks its call record and then its rollup
+                    // row, so one transaction holding a rollup row while it
+                    // waits for a call record would deadlock with it.
+                    if <$db as sqlx::Database>::NAME == "PostgreSQL" {
+                        let mut ids: Vec<i64> = outcomes.iter().map(|(id, _)| *id).collect();
+                        ids.sort_unstable();
+                        for chunk in ids.chunks(1_000) {
+                            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                            sqlx::query(&format!(
+                                "SELECT id FROM call_records WHERE id IN ({list}) ORDER BY id FOR UPDATE"
+                            ))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
                     for (id, outcome) in outcomes {
                         merge(&mut tx, *id, outcome).await?;
                         sqlx::query("UPDATE call_records SET conversation_fetched_at = $2 WHERE id = $1")

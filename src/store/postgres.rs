@@ -49,6 +49,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "clients_import",
         include_str!("../../migrations/postgres/0009_clients_import.sql"),
     ),
+    (
+        11,
+        "rollup_net_deltas",
+        include_str!("../../migrations/postgres/0011_rollup_net_deltas.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.

@@ -34,6 +34,7 @@ both_backends!(
     malformed_json_with_a_valid_signature_is_a_bad_request,
     stored_outcomes_never_move_a_final_status_back_or_erase_known_values,
     the_in_process_simulator_fills_the_records_by_itself,
+    webhooks_racing_the_sync_over_one_batch_never_deadlock,
 );
 
 const SECRET: &str = "wsec_integration_test_secret_0123456789";
@@ -538,7 +539,12 @@ async fn a_late_failure_of_an_earlier_attempt_never_rewinds_a_finished_call(back
 /// The same client in a batch running now and in one scheduled for tomorrow:
 /// an initiation failure (which names no batch) is today's call's.
 async fn an_initiation_failure_never_lands_on_a_batch_scheduled_for_later(backend: Backend) {
-    let app = app_with_secret(backend).await;
+    // Tomorrow's launch follows today's at once: no double-launch window.
+    let app = spawn_app_with(backend, |c| {
+        c.elevenlabs_webhook_secret = Some(Secret::new(SECRET));
+        c.duplicate_window_secs = 0;
+    })
+    .await;
     launch(&app).await;
     let (token, admin_id) = crate::helpers::token_and_id(
         &app.login("admin@example.com", crate::helpers::PASSWORD)
@@ -550,7 +556,6 @@ async fn an_initiation_failure_never_lands_on_a_batch_scheduled_for_later(backen
             app.client
                 .post(app.url(&format!("/api/groups/{group}/call")))
                 .bearer_auth(&token)
-                .header("idempotency-key", "tomorrow")
                 .json(&json!({"userId": admin_id, "scheduledTimeUnix": now() + 86_400})),
         )
         .await;
@@ -802,4 +807,100 @@ async fn the_in_process_simulator_fills_the_records_by_itself(backend: Backend) 
     // Everyone in a launched batch has been contacted, whatever the outcome.
     assert_eq!(busy.client_status.as_deref(), Some("contacted"));
     assert_eq!(webhook_events(&app).await, 4);
+}
+
+/// A storm: webhooks for a batch's calls arrive while the sync applies the
+/// same calls' conversations in one transaction. Every delivery is answered
+/// 200 (a deadlock was a 500 that ElevenLabs had to retry), and the rollups
+/// count each call once.
+async fn webhooks_racing_the_sync_over_one_batch_never_deadlock(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let (token, admin_id) = app.admin().await;
+    let csv = crate::groups::long_csv(300);
+    let group = group_id(
+        &app,
+        &token,
+        json!({"name": "Tormenta", "agentId": SIM_AGENT_COBRANZA, "base64": b64(csv.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await;
+    let launched = app
+        .post(
+            &format!("/api/groups/{group}/call"),
+            Some(&token),
+            json!({"userId": admin_id}),
+        )
+        .await;
+    assert_eq!(launched.status.as_u16(), 200, "{}", launched.text);
+    let batch = launched.body["data"]["batchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // As the calls run: all in progress.
+    app.db
+        .execute("UPDATE call_records SET status = 'in_progress'")
+        .await;
+    let calls = rows(
+        &app.db,
+        "SELECT CAST(id AS TEXT), CAST(client_id AS TEXT), phone_e164 FROM call_records ORDER BY id",
+    )
+    .await;
+    let text = |cell: &Option<String>| cell.clone().unwrap_or_default();
+    let conversations: Vec<(i64, Value)> = calls
+        .iter()
+        .map(|row| {
+            let id: i64 = text(&row[0]).parse().unwrap();
+            let conversation = conversation(
+                &batch,
+                &text(&row[1]),
+                &text(&row[2]),
+                &format!("conv_{id}"),
+            );
+            (id, conversation)
+        })
+        .collect();
+    let outcomes: Vec<(i64, CallOutcome)> = conversations
+        .iter()
+        .map(|(id, c)| (*id, CallOutcome::from_conversation(c)))
+        .collect();
+    let hooks = conversations.iter().rev().map(|(_, c)| {
+        let body = event("post_call_transcription", c.clone());
+        let app = &app;
+        async move { post_signed(app, &body).await }
+    });
+    let syncs = (0..3).map(|_| app.store().apply_conversation_outcomes(&outcomes));
+    let (hooks, syncs) = tokio::join!(
+        futures::future::join_all(hooks),
+        futures::future::join_all(syncs)
+    );
+    for reply in &hooks {
+        assert_eq!(reply.status.as_u16(), 200, "{}", reply.text);
+    }
+    for applied in syncs {
+        applied.expect("the sync's transaction commits");
+    }
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_records WHERE status = 'completed'")
+            .await,
+        300
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_stats_hourly WHERE status = 'completed'")
+            .await,
+        300,
+        "each call counted once"
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT CAST(COALESCE(SUM(calls), 0) AS BIGINT) FROM call_stats_hourly")
+            .await,
+        300
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_reached_clients WHERE calls = 1")
+            .await,
+        300
+    );
 }
