@@ -7,7 +7,9 @@ use marcador::elevenlabs::simulator::{
 use serde_json::{Value, json};
 
 use crate::groups::{b64, group_id};
-use crate::helpers::{Backend, Reply, TestApp, both_backends, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Backend, Reply, TestApp, TestDb, both_backends, spawn_app, spawn_app_with, start, test_config,
+};
 
 both_backends!(
     launch_answers_like_the_seed_and_stores_batch_and_calls,
@@ -40,6 +42,7 @@ both_backends!(
     a_part_that_cannot_be_written_is_never_sent,
     a_later_part_that_cannot_be_written_is_never_sent,
     do_not_call_list_is_managed_by_admins,
+    a_restarted_server_never_reuses_the_simulators_batch_ids,
 );
 
 const CSV: &str = "nombre,telefono,monto,email\nAna,3138539151,150000,ana@example.com\nLuis,3138539152,2000,\nMaría,+57 313 853 9153,99,\n";
@@ -1458,4 +1461,77 @@ async fn do_not_call_list_is_managed_by_admins(backend: Backend) {
     app.delete("/api/do-not-call/3138539155", Some(&admin))
         .await
         .assert_error(404, "El número no está en la lista de no llamar");
+}
+
+/// Another group like [`ready_group`], under another name.
+async fn group_named(app: &TestApp, token: &str, name: &str) -> i64 {
+    group_id(
+        app,
+        token,
+        json!({"name": name, "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
+               "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await
+}
+
+async fn a_restarted_server_never_reuses_the_simulators_batch_ids(backend: Backend) {
+    // `cargo run`, launch, stop, start again, launch: each start has a new
+    // in-process simulator, the database is the same.
+    let db = TestDb::new(backend).await;
+    let config = test_config(&db);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = start(db, config.clone(), async {
+        let _ = stopped.await;
+    })
+    .await;
+    let (token, id) = first.admin().await;
+    let group = ready_group(&first, &token).await;
+    let reply = call(&first, &token, group, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let first_batch = reply.body["data"]["batchId"].as_str().unwrap().to_owned();
+    let _ = stop.send(());
+    let TestApp { db, address, .. } = first;
+    // The first server is gone before the second starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reqwest::get(format!("{address}/health")).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first server went on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let second = start(db, config, std::future::pending()).await;
+    let other = group_named(&second, &token, "Cobranza dos").await;
+    let reply = call(&second, &token, other, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza dos\"",
+    );
+    let second_batch = reply.body["data"]["batchId"].as_str().unwrap().to_owned();
+    assert_ne!(first_batch, second_batch);
+    for batch in [&first_batch, &second_batch] {
+        assert!(
+            batch.len() == 34
+                && batch.starts_with("btcal_")
+                && batch[6..]
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{batch}"
+        );
+    }
+    assert_eq!(
+        second
+            .db
+            .scalar("SELECT COUNT(DISTINCT elevenlabs_batch_id) FROM batches WHERE submit_state = 'submitted'")
+            .await,
+        2
+    );
+    assert_eq!(
+        second.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        6
+    );
 }
