@@ -200,6 +200,8 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     ) -> StoreResult<i64>;
     /// ElevenLabs accepted the part: its id and answer go on the row (unless
     /// something settled it already) and its `pending` clients become `contacted`.
+    /// `UniqueViolation`: another batch row already has that ElevenLabs id
+    /// (nothing is written).
     async fn confirm_batch(
         &self,
         batch_id: i64,
