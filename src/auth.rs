@@ -25,6 +25,17 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
+    /// The user's token version at issue ([`User::token_version`]); a token
+    /// issued before versions existed has none and counts as version 0.
+    #[serde(default)]
+    pub ver: i64,
+}
+
+/// What a valid token says: whose it is and the version it was issued at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub user_id: i64,
+    pub version: i64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -68,6 +79,7 @@ impl JwtKeys {
             iat: now,
             exp: now + self.ttl.num_seconds(),
             iss: ISSUER.to_owned(),
+            ver: user.token_version,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -76,8 +88,9 @@ impl JwtKeys {
         )?)
     }
 
-    /// Checks signature, algorithm, `exp` and `iss`; returns the user id.
-    pub fn verify(&self, token: &str) -> Result<i64, TokenError> {
+    /// Checks signature, algorithm, `exp` and `iss`; returns the user id and
+    /// the version (the caller compares it with the user's).
+    pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -88,7 +101,10 @@ impl JwtKeys {
         if id != data.claims.id {
             return Err(TokenError::Invalid);
         }
-        Ok(id)
+        Ok(VerifiedToken {
+            user_id: id,
+            version: data.claims.ver,
+        })
     }
 }
 
@@ -197,6 +213,51 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(token_version: i64) -> User {
+        let now = chrono::Utc::now();
+        User {
+            id: 7,
+            username: "ana".into(),
+            email: "ana@example.com".into(),
+            first_name: None,
+            last_name: None,
+            role: crate::store::Role::User,
+            is_active: true,
+            created_at: now,
+            updated_at: now,
+            token_version,
+        }
+    }
+
+    #[test]
+    fn a_token_carries_the_version_it_was_issued_at() {
+        let keys = JwtKeys::new(&Secret::new("k".repeat(40)), 1);
+        let token = keys.issue(&user(3)).unwrap();
+        assert_eq!(
+            keys.verify(&token),
+            Ok(VerifiedToken {
+                user_id: 7,
+                version: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_token_from_before_versions_counts_as_version_zero() {
+        let secret = "k".repeat(40);
+        let keys = JwtKeys::new(&Secret::new(secret.clone()), 1);
+        let now = chrono::Utc::now().timestamp();
+        let old = serde_json::json!({"sub": "7", "id": 7, "username": "ana", "email": "ana@example.com",
+            "role": "user", "iat": now, "exp": now + 60, "iss": ISSUER});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &old,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(keys.verify(&token).map(|t| t.version), Ok(0));
+    }
 
     #[test]
     fn limiter_locks_an_email_after_the_maximum_and_unlocks_on_success() {

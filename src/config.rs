@@ -68,6 +68,10 @@ pub struct Config {
     pub elevenlabs_base_url: String,
     #[arg(long, env = "ELEVENLABS_WEBHOOK_SECRET", hide_env_values = true)]
     pub elevenlabs_webhook_secret: Option<Secret>,
+    /// Largest webhook body read (MiB); a post-call transcription with a long
+    /// transcript is well under a megabyte. Not the upload limit.
+    #[arg(long, env = "WEBHOOK_MAX_BODY_MB", default_value_t = 4)]
+    pub webhook_max_body_mb: u64,
     #[arg(long, env = "ELEVENLABS_CACHE_SECS", default_value_t = 30)]
     pub elevenlabs_cache_secs: u64,
     /// Per-request timeout towards ElevenLabs.
@@ -142,6 +146,11 @@ impl Config {
     pub fn body_limit_bytes(&self) -> usize {
         let file = self.max_upload_mb as usize * 1024 * 1024;
         (file + file / 2).div_ceil(3) * 4 + 1024 * 1024
+    }
+
+    /// Largest webhook body, in bytes (at least 1 MiB).
+    pub fn webhook_body_limit_bytes(&self) -> usize {
+        self.webhook_max_body_mb.max(1) as usize * 1024 * 1024
     }
 
     pub fn cors_origin_list(&self) -> Vec<String> {

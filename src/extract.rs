@@ -159,8 +159,12 @@ pub fn parse_id(text: &str) -> Option<i64> {
 }
 
 /// The caller, authenticated by a Bearer token and re-loaded from the database
-/// on every request (a deactivated user's token stops working at once).
+/// on every request: a deactivated user's token stops working at once, and so
+/// does a token issued before the user's last password change or loss of rights
+/// (its version is older than the user's).
 pub struct AuthUser(pub User);
+
+pub const MSG_TOKEN_REVOKED: &str = "Token revocado. Inicia sesión de nuevo";
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
@@ -179,13 +183,19 @@ impl FromRequestParts<AppState> for AuthUser {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(invalid());
         }
-        let user_id = state.jwt.verify(token.trim()).map_err(|e| match e {
+        let verified = state.jwt.verify(token.trim()).map_err(|e| match e {
             TokenError::Expired => ApiError::unauthorized("Token expirado"),
             TokenError::Invalid => invalid(),
         })?;
-        match state.store.get_user(user_id).await? {
-            Some(user) if user.is_active => Ok(AuthUser(user)),
-            _ => Err(ApiError::unauthorized("Usuario no encontrado o inactivo")),
+        match state.store.get_user(verified.user_id).await? {
+            Some(user) if !user.is_active => {
+                Err(ApiError::unauthorized("Usuario no encontrado o inactivo"))
+            }
+            Some(user) if user.token_version != verified.version => {
+                Err(ApiError::unauthorized(MSG_TOKEN_REVOKED))
+            }
+            Some(user) => Ok(AuthUser(user)),
+            None => Err(ApiError::unauthorized("Usuario no encontrado o inactivo")),
         }
     }
 }

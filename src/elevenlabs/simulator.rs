@@ -10,9 +10,15 @@
 //! even last digit, `failure` for an odd one. Recipient `i` starts `i % 3`
 //! steps late, so progress is gradual.
 //!
+//! Batch ids are random (`btcal_sim` + 25 lowercase alphanumerics), as are the
+//! conversation and recipient ids made from them: a restarted simulator never
+//! hands out an id an earlier one gave, which a database that outlived it holds.
+//!
 //! Control endpoints (no key needed), for tests in other processes:
 //! `POST /_simulator/faults` (a [`Fault`]), `DELETE /_simulator/faults`,
-//! `GET /_simulator/requests`, `DELETE /_simulator/requests`.
+//! `GET /_simulator/requests`, `DELETE /_simulator/requests`,
+//! `POST /_simulator/next-batch-id` (`{"id": "btcal_…"}`: the next accepted
+//! batch gets it, as if ElevenLabs repeated an id).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,7 +167,8 @@ struct Data {
     agents: Vec<Value>,
     phone_numbers: Vec<Value>,
     batches: Vec<Batch>,
-    counter: u64,
+    /// Ids the next accepted batches get instead of random ones (a test's control).
+    forced_batch_ids: std::collections::VecDeque<String>,
 }
 
 struct Shared {
@@ -193,9 +200,16 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// ElevenLabs-shaped ids: a prefix and 28 lowercase alphanumerics.
-pub fn sim_id(prefix: &str, n: u64) -> String {
-    format!("{prefix}_sim{n:025}")
+/// A new ElevenLabs-shaped id: a prefix and 28 lowercase alphanumerics, `sim`
+/// and 25 random ones (about 129 bits: never repeated, across restarts too).
+pub fn random_sim_id(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..25)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{prefix}_sim{tail}")
 }
 
 pub const SIM_AGENT_COBRANZA: &str = "agent_sim0000000000000000000000001";
@@ -257,7 +271,7 @@ impl Simulator {
                 phone_json(SIM_PHONE_FREE, "+576015550101", "Bogotá libre", None),
             ],
             batches: Vec::new(),
-            counter: 0,
+            forced_batch_ids: Default::default(),
         };
         Simulator {
             shared: Arc::new(Shared {
@@ -334,6 +348,14 @@ impl Simulator {
     /// Replaces the phone-number list.
     pub fn set_phone_numbers(&self, numbers: Vec<Value>) {
         lock(&self.shared.data).phone_numbers = numbers;
+    }
+
+    /// The next accepted batch gets `id` (even one already given): what a
+    /// repeated id from ElevenLabs looks like to the service.
+    pub fn force_next_batch_id(&self, id: impl Into<String>) {
+        lock(&self.shared.data)
+            .forced_batch_ids
+            .push_back(id.into());
     }
 
     pub fn batch_count(&self) -> usize {
@@ -846,6 +868,22 @@ impl Simulator {
                 self.clear_faults();
                 Json(json!({"ok": true})).into_response()
             }
+            ("POST", "next-batch-id") => {
+                match serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned))
+                {
+                    Some(id) => {
+                        self.force_next_batch_id(id);
+                        Json(json!({"ok": true})).into_response()
+                    }
+                    None => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        Json(json!({"detail": "expected {\"id\": \"btcal_…\"}"})),
+                    )
+                        .into_response(),
+                }
+            }
             ("GET", "requests") => Json(json!(self.requests())).into_response(),
             ("DELETE", "requests") => {
                 self.clear_requests();
@@ -934,8 +972,10 @@ impl Simulator {
                 "Phone number not found",
             );
         }
-        data.counter += 1;
-        let id = sim_id("btcal", data.counter);
+        let id = data
+            .forced_batch_ids
+            .pop_front()
+            .unwrap_or_else(|| random_sim_id("btcal"));
         let scheduled = body["scheduled_time_unix"].as_i64();
         let start_ms = scheduled.map_or(now, |s| (s * 1000).max(now));
         let step = self.step_ms();

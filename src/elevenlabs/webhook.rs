@@ -33,6 +33,24 @@ pub enum SignatureError {
     Mismatch,
 }
 
+/// A signature header that parsed and is recent enough: all that can be told
+/// before the body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeader {
+    timestamp: i64,
+    signature: Vec<u8>,
+}
+
+impl SignatureHeader {
+    /// Checks the signature against the raw body, in constant time; returns `t`.
+    pub fn verify(&self, secret: &str, body: &[u8]) -> Result<i64, SignatureError> {
+        mac(secret, self.timestamp, body)
+            .verify_slice(&self.signature)
+            .map(|_| self.timestamp)
+            .map_err(|_| SignatureError::Mismatch)
+    }
+}
+
 /// Checks a header against the raw body, in constant time; `now` in unix seconds.
 pub fn verify(
     secret: &str,
@@ -40,6 +58,12 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<i64, SignatureError> {
+    parse_header(header, now)?.verify(secret, body)
+}
+
+/// The checks the header alone allows (present, well formed, not too old),
+/// so that a request that cannot be genuine is refused before its body is read.
+pub fn parse_header(header: Option<&str>, now: i64) -> Result<SignatureHeader, SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signature = None;
@@ -57,10 +81,10 @@ pub fn verify(
     if timestamp < now - TOLERANCE_SECS {
         return Err(SignatureError::TooOld);
     }
-    mac(secret, timestamp, body)
-        .verify_slice(&signature)
-        .map(|_| timestamp)
-        .map_err(|_| SignatureError::Mismatch)
+    Ok(SignatureHeader {
+        timestamp,
+        signature,
+    })
 }
 
 #[cfg(test)]

@@ -281,14 +281,14 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(put, path = "/api/auth/change-password", tag = "auth", security(("bearer" = [])),
     request_body = ChangePasswordRequest,
     responses(
-        (status = 200, description = "Contraseña actualizada exitosamente"),
+        (status = 200, description = "Contraseña actualizada exitosamente: el usuario y un token nuevo (los anteriores quedan revocados)", body = Envelope<AuthData>),
         (status = 400, description = "Campos faltantes, contraseña corta o contraseña actual incorrecta", body = ErrorBody),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
-) -> ApiResult<Json<Envelope<serde_json::Value>>> {
+) -> ApiResult<Json<Envelope<AuthData>>> {
     let (Some(current), Some(new)) = (
         body.current_password.filter(|p| !p.is_empty()),
         body.new_password.filter(|p| !p.is_empty()),
@@ -311,11 +311,19 @@ pub async fn change_password(
         entity_id: Some(user.id.to_string()),
         details: json!({}),
     };
-    state
+    // The change revokes every older token, this request's included (the
+    // store bumps the version with the hash); the caller gets one of the new
+    // version, so only its other sessions have to log in again.
+    let user = state
         .store
         .update_user(user.id, &patch, Some(audit))
-        .await?;
-    Ok(ok("Contraseña actualizada exitosamente", json!(null)))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("Usuario no encontrado o inactivo"))?;
+    let token = state.jwt.issue(&user)?;
+    Ok(ok(
+        "Contraseña actualizada exitosamente",
+        AuthData { user, token },
+    ))
 }
 
 #[cfg(test)]

@@ -537,11 +537,12 @@ async fn progress(state: &AppState, batch_id: i64) -> ApiResult<(Value, bool)> {
     ))
 }
 
-/// Whether the user may still watch the group: active and the group still
-/// visible to them (two small reads). A database error is not taken for a refusal.
-async fn still_allowed(state: &AppState, user_id: i64, group_id: i64) -> bool {
-    match state.store.get_user(user_id).await {
-        Ok(Some(user)) if user.is_active => state
+/// Whether the user may still watch the group: active, its token not revoked
+/// since the stream opened (`token_version`), and the group still visible to
+/// them (two small reads). A database error is not taken for a refusal.
+async fn still_allowed(state: &AppState, watcher: &User, group_id: i64) -> bool {
+    match state.store.get_user(watcher.id).await {
+        Ok(Some(user)) if user.is_active && user.token_version == watcher.token_version => state
             .store
             .group_is_visible(group_id, crate::store::Scope::of(&user))
             .await
@@ -565,7 +566,7 @@ pub async fn batch_stream(
     let (_, batch) = visible_batch(&state, &caller, &path).await?;
     struct Cursor {
         state: AppState,
-        user_id: i64,
+        watcher: User,
         group_id: i64,
         batch_id: i64,
         last: Option<Value>,
@@ -574,7 +575,7 @@ pub async fn batch_stream(
     }
     let cursor = Cursor {
         state,
-        user_id: caller.id,
+        watcher: caller,
         group_id: batch.group_id,
         batch_id: batch.id,
         last: None,
@@ -589,9 +590,10 @@ pub async fn batch_stream(
             if c.last.is_some() {
                 tokio::time::sleep(STREAM_POLL).await;
                 c.since_event += STREAM_POLL;
-                if !still_allowed(&c.state, c.user_id, c.group_id).await {
-                    // The watcher was deactivated or the group deleted since
-                    // the stream opened: it ends, and a reconnection is refused.
+                if !still_allowed(&c.state, &c.watcher, c.group_id).await {
+                    // The watcher was deactivated, its token revoked or the
+                    // group deleted since the stream opened: it ends, and a
+                    // reconnection is refused.
                     return None;
                 }
             }

@@ -26,7 +26,7 @@ use crate::elevenlabs::types::SubmitBatch;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthUser, PathIds};
 use crate::store::{
-    AcceptedBatch, Group, IdempotencyClaim, LaunchClient, NewBatch, NewCallRecord, User,
+    AcceptedBatch, Group, IdempotencyClaim, LaunchClient, NewBatch, NewCallRecord, StoreError, User,
 };
 
 /// ElevenLabs' limit of recipients per batch.
@@ -49,6 +49,7 @@ const MSG_NO_RECIPIENTS: &str =
 const MSG_DOUBLE: &str = "Ya se iniciaron llamadas para este grupo hace un momento";
 const MSG_UNVERIFIED: &str = "Un envío anterior de este grupo aún se está verificando con ElevenLabs (pudo haberse creado); se resolverá automáticamente en unos minutos.";
 const MSG_SUBMIT: &str = "Error iniciando las llamadas";
+const MSG_ID_TAKEN: &str = "ElevenLabs devolvió un identificador de batch ya registrado";
 const MSG_RESUME_LATER: &str = "Las partes enviadas ya están en curso. Cuando el envío dudoso se haya verificado (unos minutos), vuelve a iniciar las llamadas con \"onlyUncalled\": true para llamar solo a los clientes que falten.";
 const MSG_RESUME: &str = "Las partes enviadas ya están en curso. Para llamar solo a los clientes que faltan, vuelve a iniciar las llamadas con \"onlyUncalled\": true (con una Idempotency-Key nueva si usaste una).";
 const MSG_KEY_REUSED: &str = "La clave de idempotencia ya se usó con otra petición";
@@ -712,28 +713,86 @@ fn submit_error(err: &ElevenLabsError) -> ApiError {
 
 type StoreTask<T> = tokio::task::JoinHandle<(std::time::Instant, crate::store::StoreResult<T>)>;
 
+/// What the confirmation of an accepted part came to.
+enum Confirmation {
+    Stored,
+    /// ElevenLabs answered with an id another batch row already has: the part
+    /// was discarded (its row, call records and statistics; nothing else was
+    /// written) and the launch answers 502.
+    IdTaken(String),
+}
+
 /// Confirms an accepted part in the background. A confirmation is
 /// idempotent, so a storage error is tried again twice (after 0.2 s, then
 /// 1 s) before the part is left to the sync, which must then find it by name.
+/// An id that is already taken stays taken: that part is discarded at once
+/// (the sync could not store that id either, and would hold the group back
+/// until it gave the part up).
 fn spawn_confirm(
     state: &AppState,
     row_id: i64,
     accepted: AcceptedBatch,
     calls: Arc<Vec<NewCallRecord>>,
-) -> StoreTask<()> {
+) -> StoreTask<Confirmation> {
     let store = state.store.clone();
     tokio::spawn(async move {
         let started = std::time::Instant::now();
         let mut outcome = store.confirm_batch(row_id, &accepted, &calls).await;
         for pause in [200, 1_000] {
-            if outcome.is_ok() {
+            // Done, or an id that is taken: trying again cannot change that.
+            if matches!(outcome, Ok(()) | Err(StoreError::UniqueViolation)) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             outcome = store.confirm_batch(row_id, &accepted, &calls).await;
         }
+        let outcome = match outcome {
+            Ok(()) => Ok(Confirmation::Stored),
+            Err(StoreError::UniqueViolation) => {
+                let id = accepted.elevenlabs_batch_id;
+                // If even this fails the part stays an `unknown` attempt,
+                // which the sync gives up after its hold.
+                let not_discarded = store.discard_batch(row_id).await.err();
+                // Logged once, here; ids only.
+                tracing::error!(
+                    elevenlabs_batch_id = %id,
+                    batch = row_id,
+                    discard_error = not_discarded.map(|e| e.to_string()).as_deref().unwrap_or("-"),
+                    "launch: ElevenLabs answered a batch id another batch already has; the part is not kept"
+                );
+                Ok(Confirmation::IdTaken(id))
+            }
+            Err(err) => Err(err),
+        };
         (started, outcome)
     })
+}
+
+/// Waits for a confirmation: a part whose id was taken is a 502 naming the
+/// parts that did start (not that one).
+async fn finish_confirm(
+    task: StoreTask<Confirmation>,
+    batch_ids: &[String],
+    parts: usize,
+) -> ApiResult<()> {
+    match finish_store(task, Step::Confirmed, batch_ids, parts).await? {
+        Confirmation::Stored => Ok(()),
+        Confirmation::IdTaken(id) => {
+            let mut started = batch_ids.to_vec();
+            if let Some(at) = started.iter().rposition(|b| *b == id) {
+                started.remove(at);
+            }
+            let api = ApiError::new(StatusCode::BAD_GATEWAY, MSG_SUBMIT)
+                .with_code("ELEVENLABS_DUPLICATE_BATCH_ID")
+                .with_error(format!(
+                    "{MSG_ID_TAKEN} ({id}); este envío no se guardó. Comprueba en ElevenLabs si ese batch está llamando antes de volver a iniciar las llamadas."
+                ));
+            Err(match partial_data(&started, parts, false) {
+                Some(data) => api.with_data(data),
+                None => api,
+            })
+        }
+    }
 }
 
 /// What an error answer says of a launch that sent some parts: their batch
@@ -806,13 +865,13 @@ enum Step {
 /// launch must not end, and free the group, while a part is being written);
 /// the first failure is the answer.
 async fn finish_all(
-    confirming: &mut std::collections::VecDeque<StoreTask<()>>,
+    confirming: &mut std::collections::VecDeque<StoreTask<Confirmation>>,
     batch_ids: &[String],
     parts: usize,
 ) -> ApiResult<()> {
     let mut first = Ok(());
     while let Some(task) = confirming.pop_front() {
-        let done = finish_store(task, Step::Confirmed, batch_ids, parts).await;
+        let done = finish_confirm(task, batch_ids, parts).await;
         if first.is_ok() {
             first = done;
         }
@@ -871,7 +930,7 @@ async fn submit(
     let hold = chrono::Duration::seconds(
         2 * state.config.elevenlabs_timeout_secs as i64 + WRITE_AHEAD_HOLD_SECS,
     );
-    let mut confirming: std::collections::VecDeque<StoreTask<()>> =
+    let mut confirming: std::collections::VecDeque<StoreTask<Confirmation>> =
         std::collections::VecDeque::new();
     let start_part = |index: usize, remaining: &mut std::vec::IntoIter<Recipient>| {
         // Moved, not copied: a launch may carry 200,000 sets of variables.
@@ -978,8 +1037,7 @@ async fn submit(
                     let Some(oldest) = confirming.pop_front() else {
                         break;
                     };
-                    if let Err(err) = finish_store(oldest, Step::Confirmed, &batch_ids, parts).await
-                    {
+                    if let Err(err) = finish_confirm(oldest, &batch_ids, parts).await {
                         // The others end before the group's lock is let go.
                         let _ = finish_all(&mut confirming, &batch_ids, parts).await;
                         if let Some((_, _, _, write)) = ahead.take() {

@@ -2,14 +2,19 @@
 //!
 //! No JWT: the caller proves itself with the `ElevenLabs-Signature` HMAC over
 //! the raw body (REFERENCE.md §5.3), so the body is read as bytes and checked
-//! before it is parsed. Answers are quick: one short transaction, then 200.
+//! before it is parsed. Anyone may call this route, so it reads as little as it
+//! can: a request whose header cannot be genuine (missing, malformed, too old)
+//! is refused before a byte of its body is read, and a body is read only up to
+//! `WEBHOOK_MAX_BODY_MB` (not the upload limit the other routes have). Answers
+//! are quick: one short transaction, then 200.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -19,7 +24,7 @@ use super::{Envelope, ok};
 use crate::app::AppState;
 use crate::config::Secret;
 use crate::elevenlabs::outcome::CallOutcome;
-use crate::elevenlabs::webhook::{self, SignatureError};
+use crate::elevenlabs::webhook::{self, SignatureError, SignatureHeader};
 use crate::error::{ApiError, ApiResult, ErrorBody, MSG_BAD_JSON, MSG_TOO_LARGE};
 use crate::store::WebhookApplied;
 
@@ -59,6 +64,12 @@ pub struct WebhookReceipt {
     pub call_id: Option<i64>,
 }
 
+/// What the header alone says at `now` (unix seconds): a signature that is
+/// missing, malformed or too old is refused without the body.
+pub fn check_header(header: Option<&str>, now: i64) -> ApiResult<SignatureHeader> {
+    webhook::parse_header(header, now).map_err(signature_refusal)
+}
+
 /// Checks the signature header against the raw body at `now` (unix seconds).
 pub fn check_signature(
     secret: Option<&Secret>,
@@ -67,19 +78,65 @@ pub fn check_signature(
     now: i64,
 ) -> ApiResult<()> {
     let secret = secret.ok_or_else(not_configured)?;
-    webhook::verify(secret.expose(), header, body, now)
+    check_header(header, now)?
+        .verify(secret.expose(), body)
         .map(|_| ())
-        .map_err(|err| match err {
-            SignatureError::Missing => {
-                ApiError::unauthorized(MSG_MISSING_SIGNATURE).with_code("MISSING_SIGNATURE")
-            }
-            SignatureError::TooOld => {
-                ApiError::unauthorized(MSG_EXPIRED_SIGNATURE).with_code("EXPIRED_SIGNATURE")
-            }
-            SignatureError::Malformed | SignatureError::Mismatch => {
-                ApiError::unauthorized(MSG_BAD_SIGNATURE).with_code("INVALID_SIGNATURE")
-            }
-        })
+        .map_err(signature_refusal)
+}
+
+fn signature_refusal(err: SignatureError) -> ApiError {
+    match err {
+        SignatureError::Missing => {
+            ApiError::unauthorized(MSG_MISSING_SIGNATURE).with_code("MISSING_SIGNATURE")
+        }
+        SignatureError::TooOld => {
+            ApiError::unauthorized(MSG_EXPIRED_SIGNATURE).with_code("EXPIRED_SIGNATURE")
+        }
+        SignatureError::Malformed | SignatureError::Mismatch => {
+            ApiError::unauthorized(MSG_BAD_SIGNATURE).with_code("INVALID_SIGNATURE")
+        }
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, MSG_TOO_LARGE).with_error(format!(
+        "El webhook admite hasta {} MiB",
+        limit / (1024 * 1024)
+    ))
+}
+
+/// Reads the body, at most `limit` bytes: a `Content-Length` over it is
+/// refused before anything is read, and a body without one (chunked) as soon
+/// as it goes past it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Vec<u8>> {
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    // Grown as bytes arrive: an announced length is not reserved up front.
+    let mut bytes = Vec::with_capacity(announced.map_or(0, |n| n.min(64 * 1024) as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request(MSG_BAD_JSON)
+                .with_error("No se pudo leer el cuerpo de la petición")
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn refused(err: ApiError) -> ApiError {
+    tracing::warn!(reason = %err.message, "webhook refused");
+    metrics::counter!("webhooks_received_total", "type" => "unverified", "result" => "refused")
+        .increment(1);
+    err
 }
 
 fn not_configured() -> ApiError {
@@ -109,35 +166,28 @@ pub fn event_key(event_type: &str, conversation_id: Option<&str>, body: &[u8]) -
         (status = 200, description = "Webhook recibido", body = Envelope<WebhookReceipt>),
         (status = 400, description = "JSON inválido en el cuerpo de la petición / Evento de webhook inválido", body = ErrorBody),
         (status = 401, description = "Firma ausente, inválida o vencida (más de 30 minutos)", body = ErrorBody),
+        (status = 413, description = "Cuerpo de más de WEBHOOK_MAX_BODY_MB", body = ErrorBody),
         (status = 503, description = "El webhook de ElevenLabs no está configurado", body = ErrorBody),
     ))]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Envelope<WebhookReceipt>>> {
-    if state.webhook_secret.is_none() {
+    let Some(secret) = state.webhook_secret.as_ref() else {
         return Err(not_configured());
-    }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, MSG_TOO_LARGE)
-        } else {
-            ApiError::bad_request(MSG_BAD_JSON)
-                .with_error("No se pudo leer el cuerpo de la petición")
-        }
-    })?;
+    };
     // A header that is not text cannot be a valid signature.
     let header = headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
     let now = chrono::Utc::now().timestamp();
-    if let Err(err) = check_signature(state.webhook_secret.as_ref(), header, &body, now) {
-        tracing::warn!(reason = %err.message, "webhook refused");
-        metrics::counter!("webhooks_received_total", "type" => "unverified", "result" => "refused")
-            .increment(1);
-        return Err(err);
-    }
+    let signed = check_header(header, now).map_err(refused)?;
+    let limit = state.config.webhook_body_limit_bytes();
+    let body = read_body(&headers, body, limit).await.map_err(refused)?;
+    signed
+        .verify(secret.expose(), &body)
+        .map_err(|err| refused(signature_refusal(err)))?;
     let event: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(MSG_BAD_JSON).with_error(e.to_string()))?;
     let event_type = event
@@ -208,12 +258,13 @@ pub async fn receive(
         (status = 200, description = "Webhook recibido", body = Envelope<WebhookReceipt>),
         (status = 400, description = "JSON inválido / evento inválido", body = ErrorBody),
         (status = 401, description = "Firma ausente, inválida o vencida", body = ErrorBody),
+        (status = 413, description = "Cuerpo de más de WEBHOOK_MAX_BODY_MB", body = ErrorBody),
         (status = 503, description = "El webhook de ElevenLabs no está configurado", body = ErrorBody),
     ))]
 pub async fn receive_alias(
     state: State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<Envelope<WebhookReceipt>>> {
     receive(state, headers, body).await
 }

@@ -35,8 +35,7 @@ pub(crate) const CONTACT_BATCH_CLIENTS: &str =
     "UPDATE clients SET status = 'contacted', updated_at = $2
      WHERE status = 'pending' AND id IN (SELECT client_id FROM call_records WHERE batch_id = $1)";
 
-pub(crate) const USER_COLUMNS: &str =
-    "id, username, email, first_name, last_name, role, is_active, created_at, updated_at";
+pub(crate) const USER_COLUMNS: &str = "id, username, email, first_name, last_name, role, is_active, created_at, updated_at, token_version";
 
 pub(crate) const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS _migrations (
     version    BIGINT PRIMARY KEY,
@@ -332,6 +331,7 @@ macro_rules! shared_store_impl {
                 is_active: row.try_get("is_active")?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
+                token_version: row.try_get("token_version")?,
             })
         }
 
@@ -533,7 +533,14 @@ macro_rules! shared_store_impl {
                         role = COALESCE($8, role),
                         is_active = COALESCE($9, is_active),
                         password_hash = COALESCE($10, password_hash),
-                        updated_at = $11
+                        updated_at = $11,
+                        -- Older tokens stop working when the password changes or
+                        -- rights go (admin to user, deactivation); the right-hand
+                        -- side reads the row as it was.
+                        token_version = token_version + CASE
+                            WHEN $10 IS NOT NULL
+                              OR (role = 'admin' AND $8 = 'user')
+                              OR (is_active = TRUE AND $9 = FALSE) THEN 1 ELSE 0 END
                      WHERE id = $1
                      RETURNING {USER_COLUMNS}"
                 ))

@@ -102,6 +102,8 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     async fn list_users(&self, query: &UserQuery) -> StoreResult<(Vec<User>, i64)>;
     /// Applies the fields that are `Some`, and writes the audit event in the same
     /// transaction; returns the updated user, `None` if absent (nothing written).
+    /// A new password, a demotion from admin or a deactivation bumps the user's
+    /// `token_version` in the same statement, revoking every older token.
     async fn update_user(
         &self,
         id: i64,
@@ -202,6 +204,8 @@ pub trait Store: OutcomeStore + sync::SyncStore + HistoryStore + Send + Sync + '
     ) -> StoreResult<i64>;
     /// ElevenLabs accepted the part: its id and answer go on the row (unless
     /// something settled it already) and its `pending` clients become `contacted`.
+    /// `UniqueViolation`: another batch row already has that ElevenLabs id
+    /// (nothing is written).
     async fn confirm_batch(
         &self,
         batch_id: i64,

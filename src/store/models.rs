@@ -42,6 +42,10 @@ pub struct User {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Bumped when the password changes, the user loses the admin role or is
+    /// deactivated: a token issued at an older version no longer works.
+    #[serde(skip)]
+    pub token_version: i64,
 }
 
 impl User {

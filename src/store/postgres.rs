@@ -50,6 +50,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0009_clients_import.sql"),
     ),
     (
+        10,
+        "token_version",
+        include_str!("../../migrations/postgres/0010_token_version.sql"),
+    ),
+    (
         11,
         "rollup_net_deltas",
         include_str!("../../migrations/postgres/0011_rollup_net_deltas.sql"),

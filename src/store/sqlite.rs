@@ -45,6 +45,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         "webhook_lookups",
         include_str!("../../migrations/sqlite/0008_webhook_lookups.sql"),
     ),
+    (
+        10,
+        "token_version",
+        include_str!("../../migrations/sqlite/0010_token_version.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -29,6 +29,10 @@ both_backends!(
     profile_can_be_read_and_updated,
     profile_update_rejects_a_taken_or_bad_email,
     password_change_needs_the_current_password,
+    a_password_change_revokes_older_tokens_and_answers_a_new_one,
+    an_admin_password_reset_revokes_the_users_tokens_only,
+    a_demoted_admin_loses_its_older_tokens,
+    a_reactivated_user_needs_a_new_token,
 );
 
 async fn first_user_becomes_admin_and_gets_a_working_token(backend: Backend) {
@@ -425,4 +429,164 @@ async fn password_change_needs_the_current_password(backend: Backend) {
     app.login("admin@example.com", "new password 1")
         .await
         .assert_ok(200, "Login exitoso");
+}
+
+const REVOKED: &str = "Token revocado. Inicia sesión de nuevo";
+
+async fn a_password_change_revokes_older_tokens_and_answers_a_new_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let (other, _) = app.user(&admin, "luis").await;
+    // Two sessions of maria: a phone and a laptop.
+    let (phone, id) = app.user(&admin, "maria").await;
+    let (laptop, _) = token_and_id(&app.login("maria@example.com", PASSWORD).await);
+    let reply = app
+        .put(
+            "/api/auth/change-password",
+            Some(&phone),
+            json!({"currentPassword": PASSWORD, "newPassword": "new password 1"}),
+        )
+        .await;
+    reply.assert_ok(200, "Contraseña actualizada exitosamente");
+    for old in [&phone, &laptop] {
+        app.get("/api/auth/profile", Some(old))
+            .await
+            .assert_error(401, REVOKED);
+    }
+    // The answer's token, a new login and other users' tokens work.
+    let (fresh, fresh_id) = token_and_id(&reply);
+    assert_eq!(fresh_id, id);
+    assert_eq!(reply.body["data"]["user"]["email"], "maria@example.com");
+    app.get("/api/auth/profile", Some(&fresh))
+        .await
+        .assert_ok(200, "Perfil obtenido exitosamente");
+    let login = app.login("maria@example.com", "new password 1").await;
+    login.assert_ok(200, "Login exitoso");
+    app.get("/api/auth/profile", Some(&token_and_id(&login).0))
+        .await
+        .assert_ok(200, "Perfil obtenido exitosamente");
+    for token in [&admin, &other] {
+        app.get("/api/auth/profile", Some(token))
+            .await
+            .assert_ok(200, "Perfil obtenido exitosamente");
+    }
+}
+
+async fn an_admin_password_reset_revokes_the_users_tokens_only(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let (other, _) = app.user(&admin, "luis").await;
+    let (token, id) = app.user(&admin, "maria").await;
+    // A change that touches neither password nor rights keeps the tokens.
+    app.put(
+        &format!("/api/users/{id}"),
+        Some(&admin),
+        json!({"firstName": "María"}),
+    )
+    .await
+    .assert_ok(200, "Usuario actualizado exitosamente");
+    app.get("/api/auth/profile", Some(&token))
+        .await
+        .assert_ok(200, "Perfil obtenido exitosamente");
+    app.put(
+        &format!("/api/users/{id}"),
+        Some(&admin),
+        json!({"password": "reset password 1"}),
+    )
+    .await
+    .assert_ok(200, "Usuario actualizado exitosamente");
+    app.get("/api/auth/profile", Some(&token))
+        .await
+        .assert_error(401, REVOKED);
+    app.get("/api/groups", Some(&token))
+        .await
+        .assert_error(401, REVOKED);
+    for token in [&admin, &other] {
+        app.get("/api/auth/profile", Some(token))
+            .await
+            .assert_ok(200, "Perfil obtenido exitosamente");
+    }
+    let login = app.login("maria@example.com", "reset password 1").await;
+    login.assert_ok(200, "Login exitoso");
+    app.get("/api/auth/profile", Some(&token_and_id(&login).0))
+        .await
+        .assert_ok(200, "Perfil obtenido exitosamente");
+}
+
+async fn a_demoted_admin_loses_its_older_tokens(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let created = app
+        .post(
+            "/api/users",
+            Some(&admin),
+            json!({"username": "jefa", "email": "jefa@example.com", "password": PASSWORD, "role": "admin"}),
+        )
+        .await;
+    created.assert_ok(201, "Usuario creado exitosamente");
+    let id = created.body["data"]["id"].as_i64().unwrap();
+    let (token, _) = token_and_id(&app.login("jefa@example.com", PASSWORD).await);
+    app.get("/api/users", Some(&token))
+        .await
+        .assert_ok(200, "Usuarios obtenidos exitosamente");
+    app.put(
+        &format!("/api/users/{id}"),
+        Some(&admin),
+        json!({"role": "user"}),
+    )
+    .await
+    .assert_ok(200, "Usuario actualizado exitosamente");
+    app.get("/api/users", Some(&token))
+        .await
+        .assert_error(401, REVOKED);
+    app.post(
+        "/api/users",
+        Some(&token),
+        json!({"username": "intruso", "email": "intruso@example.com", "password": PASSWORD, "role": "admin"}),
+    )
+    .await
+    .assert_error(401, REVOKED);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM users").await, 2);
+    // A new login works, as a user; the other admin's token is untouched.
+    let (fresh, _) = token_and_id(&app.login("jefa@example.com", PASSWORD).await);
+    let profile = app.get("/api/auth/profile", Some(&fresh)).await;
+    profile.assert_ok(200, "Perfil obtenido exitosamente");
+    assert_eq!(profile.body["data"]["role"], "user");
+    app.get("/api/users", Some(&fresh))
+        .await
+        .assert_error(403, "No tienes permiso para realizar esta acción");
+    app.get("/api/users", Some(&admin))
+        .await
+        .assert_ok(200, "Usuarios obtenidos exitosamente");
+    // Made admin again, the revoked token stays revoked.
+    app.put(
+        &format!("/api/users/{id}"),
+        Some(&admin),
+        json!({"role": "admin"}),
+    )
+    .await
+    .assert_ok(200, "Usuario actualizado exitosamente");
+    app.get("/api/users", Some(&token))
+        .await
+        .assert_error(401, REVOKED);
+}
+
+async fn a_reactivated_user_needs_a_new_token(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (admin, _) = app.admin().await;
+    let (token, id) = app.user(&admin, "maria").await;
+    let path = format!("/api/users/{id}");
+    app.delete(&path, Some(&admin))
+        .await
+        .assert_ok(200, "Usuario desactivado exitosamente");
+    app.put(&path, Some(&admin), json!({"isActive": true}))
+        .await
+        .assert_ok(200, "Usuario actualizado exitosamente");
+    app.get("/api/auth/profile", Some(&token))
+        .await
+        .assert_error(401, REVOKED);
+    let (fresh, _) = token_and_id(&app.login("maria@example.com", PASSWORD).await);
+    app.get("/api/auth/profile", Some(&fresh))
+        .await
+        .assert_ok(200, "Perfil obtenido exitosamente");
 }

@@ -24,6 +24,7 @@ both_backends!(
     a_same_named_batch_of_other_people_is_not_taken_for_an_unverified_submit,
     the_stream_reports_progress_and_the_end,
     the_stream_ends_when_its_group_is_deleted,
+    the_stream_ends_when_its_token_is_revoked,
     a_webhook_merged_during_a_sync_is_not_overwritten_by_it,
     the_worker_runs_in_the_background,
     calls_told_by_webhook_are_not_read_again,
@@ -983,21 +984,18 @@ async fn open_stream(app: &TestApp, token: &str, group: i64, batch: &str) -> req
     response
 }
 
-async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
-    let app = app_with_step(backend, 600_000).await;
-    let (token, _, group, batch) = launched(&app).await;
-    let mut response = open_stream(&app, &token, group, &batch).await;
+/// Reads the stream's first event, a `status-update`.
+async fn first_event(response: &mut reqwest::Response) {
     let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
         .await
         .expect("a first event")
         .expect("readable")
         .expect("not ended yet");
     assert!(String::from_utf8_lossy(&first).contains("event: status-update"));
-    let deleted = app
-        .delete(&format!("/api/groups/{group}"), Some(&token))
-        .await;
-    assert_eq!(deleted.status, 200, "{}", deleted.body);
-    // Ended within a few polls (one a second), with no further progress sent.
+}
+
+/// The stream ends within a few polls (one a second), with no further progress sent.
+async fn assert_stream_ends(response: &mut reqwest::Response) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "the stream went on");
@@ -1010,6 +1008,18 @@ async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
             Err(_) => {}
         }
     }
+}
+
+async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
+    let app = app_with_step(backend, 600_000).await;
+    let (token, _, group, batch) = launched(&app).await;
+    let mut response = open_stream(&app, &token, group, &batch).await;
+    first_event(&mut response).await;
+    let deleted = app
+        .delete(&format!("/api/groups/{group}"), Some(&token))
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_stream_ends(&mut response).await;
     // And it cannot be opened again.
     let again = app
         .get(
@@ -1018,6 +1028,33 @@ async fn the_stream_ends_when_its_group_is_deleted(backend: Backend) {
         )
         .await;
     assert_eq!(again.status, 404);
+}
+
+async fn the_stream_ends_when_its_token_is_revoked(backend: Backend) {
+    let app = app_with_step(backend, 600_000).await;
+    let (token, _, group, batch) = launched(&app).await;
+    let mut response = open_stream(&app, &token, group, &batch).await;
+    first_event(&mut response).await;
+    // Another session changes the password: the stream's token is revoked.
+    let (other, _) = crate::helpers::token_and_id(
+        &app.login("admin@example.com", crate::helpers::PASSWORD)
+            .await,
+    );
+    app.put(
+        "/api/auth/change-password",
+        Some(&other),
+        json!({"currentPassword": crate::helpers::PASSWORD, "newPassword": "new password 1"}),
+    )
+    .await
+    .assert_ok(200, "Contraseña actualizada exitosamente");
+    assert_stream_ends(&mut response).await;
+    let again = app
+        .get(
+            &format!("/api/groups/{group}/batch-status/{batch}/stream"),
+            Some(&token),
+        )
+        .await;
+    again.assert_error(401, "Token revocado. Inicia sesión de nuevo");
 }
 
 async fn the_stream_reports_progress_and_the_end(backend: Backend) {

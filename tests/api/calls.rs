@@ -7,7 +7,9 @@ use marcador::elevenlabs::simulator::{
 use serde_json::{Value, json};
 
 use crate::groups::{b64, group_id};
-use crate::helpers::{Backend, Reply, TestApp, both_backends, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Backend, Reply, TestApp, TestDb, both_backends, spawn_app, spawn_app_with, start, test_config,
+};
 
 both_backends!(
     launch_answers_like_the_seed_and_stores_batch_and_calls,
@@ -41,6 +43,9 @@ both_backends!(
     a_part_that_cannot_be_written_is_never_sent,
     a_later_part_that_cannot_be_written_is_never_sent,
     do_not_call_list_is_managed_by_admins,
+    a_restarted_server_never_reuses_the_simulators_batch_ids,
+    a_batch_id_already_stored_is_a_clear_error_that_leaves_nothing,
+    a_later_part_with_a_taken_id_names_the_parts_that_started,
 );
 
 const CSV: &str = "nombre,telefono,monto,email\nAna,3138539151,150000,ana@example.com\nLuis,3138539152,2000,\nMaría,+57 313 853 9153,99,\n";
@@ -1546,4 +1551,212 @@ async fn do_not_call_list_is_managed_by_admins(backend: Backend) {
     app.delete("/api/do-not-call/3138539155", Some(&admin))
         .await
         .assert_error(404, "El número no está en la lista de no llamar");
+}
+
+/// Another group like [`ready_group`], under another name.
+async fn group_named(app: &TestApp, token: &str, name: &str) -> i64 {
+    group_id(
+        app,
+        token,
+        json!({"name": name, "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
+               "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
+    )
+    .await
+}
+
+async fn a_restarted_server_never_reuses_the_simulators_batch_ids(backend: Backend) {
+    // `cargo run`, launch, stop, start again, launch: each start has a new
+    // in-process simulator, the database is the same.
+    let db = TestDb::new(backend).await;
+    let config = test_config(&db);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = start(db, config.clone(), async {
+        let _ = stopped.await;
+    })
+    .await;
+    let (token, id) = first.admin().await;
+    let group = ready_group(&first, &token).await;
+    let reply = call(&first, &token, group, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let first_batch = reply.body["data"]["batchId"].as_str().unwrap().to_owned();
+    let _ = stop.send(());
+    let TestApp { db, address, .. } = first;
+    // The first server is gone before the second starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reqwest::get(format!("{address}/health")).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first server went on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let second = start(db, config, std::future::pending()).await;
+    let other = group_named(&second, &token, "Cobranza dos").await;
+    let reply = call(&second, &token, other, json!({"userId": id})).await;
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza dos\"",
+    );
+    let second_batch = reply.body["data"]["batchId"].as_str().unwrap().to_owned();
+    assert_ne!(first_batch, second_batch);
+    for batch in [&first_batch, &second_batch] {
+        assert!(
+            batch.len() == 34
+                && batch.starts_with("btcal_")
+                && batch[6..]
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{batch}"
+        );
+    }
+    assert_eq!(
+        second
+            .db
+            .scalar("SELECT COUNT(DISTINCT elevenlabs_batch_id) FROM batches WHERE submit_state = 'submitted'")
+            .await,
+        2
+    );
+    assert_eq!(
+        second.db.scalar("SELECT COUNT(*) FROM call_records").await,
+        6
+    );
+}
+
+async fn a_batch_id_already_stored_is_a_clear_error_that_leaves_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let first = ready_group(&app, &token).await;
+    let taken = call(&app, &token, first, json!({"userId": id})).await;
+    taken.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    let taken = taken.body["data"]["batchId"].as_str().unwrap().to_owned();
+    let group = group_named(&app, &token, "Cobranza dos").await;
+    let before = app
+        .db
+        .scalar("SELECT COUNT(*) FROM call_stats_hourly")
+        .await;
+
+    // ElevenLabs accepts the next batch under an id we already hold.
+    let sim = sim(&app);
+    sim.force_next_batch_id(&taken);
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_error(502, "Error iniciando las llamadas");
+    assert_eq!(reply.body["errorCode"], "ELEVENLABS_DUPLICATE_BATCH_ID");
+    let error = reply.body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("ElevenLabs devolvió un identificador de batch ya registrado")
+            && error.contains(&taken),
+        "{error}"
+    );
+    assert!(reply.body.get("data").is_none(), "{}", reply.text);
+
+    // Nothing of the part is kept; the earlier batch is untouched.
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM batches WHERE group_id = {first} AND elevenlabs_batch_id = '{taken}' AND submit_state = 'submitted'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 3);
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM call_records WHERE group_id = {group}"
+            ))
+            .await,
+        0
+    );
+    assert_eq!(
+        app.db
+            .scalar("SELECT COUNT(*) FROM call_stats_hourly")
+            .await,
+        before
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM clients WHERE group_id = {group} AND status = 'pending'"
+            ))
+            .await,
+        3
+    );
+
+    // The group is not held back: launched again, it gets a batch of its own.
+    let again = call(&app, &token, group, json!({"userId": id})).await;
+    again.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza dos\"",
+    );
+    assert_ne!(again.body["data"]["batchId"], json!(taken));
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 2);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM call_records").await, 6);
+}
+
+async fn a_later_part_with_a_taken_id_names_the_parts_that_started(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, id) = app.admin().await;
+    let first = ready_group(&app, &token).await;
+    let taken = call(&app, &token, first, json!({"userId": id})).await;
+    let taken = taken.body["data"]["batchId"].as_str().unwrap().to_owned();
+    let group = long_group(&app, &token, "Grande", 10_003).await;
+    let sim = sim(&app);
+    // Part 1 gets a fresh id, part 2 the one already stored.
+    let fresh = format!("btcal_sim{:0>25}", "fresh");
+    sim.force_next_batch_id(&fresh);
+    sim.force_next_batch_id(&taken);
+    let reply = call(&app, &token, group, json!({"userId": id})).await;
+    reply.assert_error(502, "Error iniciando las llamadas");
+    assert_eq!(reply.body["errorCode"], "ELEVENLABS_DUPLICATE_BATCH_ID");
+    let data = &reply.body["data"];
+    assert_eq!(data["batchIds"], json!([fresh]), "{}", reply.text);
+    assert_eq!(data["partsSent"], 1);
+    assert_eq!(data["partsTotal"], 2);
+    assert!(data["resume"].as_str().unwrap().contains("onlyUncalled"));
+    // Part 1 is a batch like any other; part 2 left nothing.
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM batches WHERE group_id = {group} AND elevenlabs_batch_id = '{fresh}' AND submit_state = 'submitted'"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM batches WHERE group_id = {group}"
+            ))
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM call_records WHERE group_id = {group}"
+            ))
+            .await,
+        10_000
+    );
+    // The rest is called with onlyUncalled (a new key-less launch needs no window).
+    let rest = call(
+        &app,
+        &token,
+        group,
+        json!({"userId": id, "onlyUncalled": true}),
+    )
+    .await;
+    rest.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Grande\"",
+    );
+    assert_eq!(rest.body["data"]["recipientsCount"], 3);
 }

@@ -35,6 +35,9 @@ both_backends!(
     stored_outcomes_never_move_a_final_status_back_or_erase_known_values,
     the_in_process_simulator_fills_the_records_by_itself,
     webhooks_racing_the_sync_over_one_batch_never_deadlock,
+    a_request_that_cannot_be_genuine_is_refused_before_its_body_is_read,
+    a_body_over_the_webhook_limit_is_refused_and_nothing_is_written,
+    a_signed_transcription_of_a_megabyte_is_accepted,
 );
 
 const SECRET: &str = "wsec_integration_test_secret_0123456789";
@@ -903,4 +906,191 @@ async fn webhooks_racing_the_sync_over_one_batch_never_deadlock(backend: Backend
             .await,
         300
     );
+}
+
+/// What a bare request sends after its head.
+enum RawBody {
+    /// Nothing: the head alone (with the Content-Length it announces).
+    Nothing,
+    /// Chunked: this many bytes in 64 KiB chunks, and never the last chunk.
+    Chunks(usize),
+}
+
+/// Posts to the webhook over a bare connection whose body never ends, and
+/// reads the answer: a server that waited for the whole body would never
+/// give one. Returns the status and the JSON body.
+async fn unfinished_post(app: &TestApp, headers: &[(&str, String)], body: RawBody) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let mut head =
+        format!("POST {PATH} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if matches!(body, RawBody::Chunks(_)) {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    }
+    head.push_str("\r\n");
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        if let RawBody::Chunks(total) = body {
+            let chunk = vec![b' '; 64 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                let n = chunk.len().min(total - sent);
+                writer.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                writer.write_all(&chunk[..n]).await?;
+                writer.write_all(b"\r\n").await?;
+                sent += n;
+            }
+        }
+        writer.flush().await?;
+        // The connection stays open and the body unfinished.
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(())
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut bytes = Vec::new();
+        let mut piece = [0u8; 8192];
+        loop {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if bytes.len() >= end + 4 + length {
+                    let status: u16 = head[9..12].parse().expect("status code");
+                    let body = serde_json::from_slice(&bytes[end + 4..end + 4 + length])
+                        .unwrap_or(Value::Null);
+                    return (status, body);
+                }
+            }
+            let n = reader.read(&mut piece).await.expect("readable");
+            assert!(n > 0, "closed without an answer");
+            bytes.extend_from_slice(&piece[..n]);
+        }
+    })
+    .await
+    .expect("an answer while the body is still unfinished");
+    sender.abort();
+    answer
+}
+
+async fn a_request_that_cannot_be_genuine_is_refused_before_its_body_is_read(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    launch(&app).await;
+    let before = snapshot(&app).await;
+    let valid_looking = sign(SECRET, now(), b"{}");
+    let cases = [
+        (None, "MISSING_SIGNATURE"),
+        (Some(format!("t={},v0=zz", now())), "INVALID_SIGNATURE"),
+        (Some("nonsense".to_owned()), "INVALID_SIGNATURE"),
+        (
+            Some(sign(SECRET, now() - 31 * 60, b"{}")),
+            "EXPIRED_SIGNATURE",
+        ),
+    ];
+    for (signature, code) in cases {
+        let signed: Vec<(&str, String)> = signature
+            .clone()
+            .map(|s| ("ElevenLabs-Signature", s))
+            .into_iter()
+            .collect();
+        // A body that never ends, and one announced far over any limit.
+        let (status, body) = unfinished_post(&app, &signed, RawBody::Chunks(1024)).await;
+        assert_eq!(
+            (status, body["errorCode"].as_str()),
+            (401, Some(code)),
+            "{body}"
+        );
+        let mut huge = signed.clone();
+        huge.push(("Content-Length", (1u64 << 30).to_string()));
+        let (status, body) = unfinished_post(&app, &huge, RawBody::Nothing).await;
+        assert_eq!(
+            (status, body["errorCode"].as_str()),
+            (401, Some(code)),
+            "{body}"
+        );
+        assert_eq!(body["success"], false);
+    }
+    // A header that passes these checks is not enough: its body is then read and checked.
+    let reply = post_hook(&app, PATH, "{\"type\":\"x\"}", Some(valid_looking)).await;
+    reply.assert_error(401, "Firma del webhook inválida");
+    assert_eq!(snapshot(&app).await, before);
+    assert_eq!(webhook_events(&app).await, 0);
+}
+
+async fn a_body_over_the_webhook_limit_is_refused_and_nothing_is_written(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    let before = snapshot(&app).await;
+    let limit = app.state.config.webhook_body_limit_bytes();
+    assert_eq!(limit, 4 * 1024 * 1024, "the documented default");
+    assert!(limit < app.state.config.body_limit_bytes());
+    // A genuine event, signed, but padded past the limit.
+    let mut data = conversation(&batch, &ana.to_string(), ANA, "conv_big");
+    data["analysis"]["transcript_summary"] = json!("x".repeat(limit));
+    let body = event("post_call_transcription", data);
+    let signature = sign(SECRET, now(), body.as_bytes());
+    let announced = [
+        ("ElevenLabs-Signature", signature.clone()),
+        ("Content-Length", body.len().to_string()),
+    ];
+    // Announced: refused at once, before any of it is sent.
+    let (status, reply) = unfinished_post(&app, &announced, RawBody::Nothing).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(
+        reply["message"],
+        "El cuerpo de la petición es demasiado grande"
+    );
+    assert_eq!(reply["success"], false);
+    // Chunked: read up to the limit, then refused (the rest is never sent).
+    let chunked = [("ElevenLabs-Signature", signature)];
+    let (status, reply) =
+        unfinished_post(&app, &chunked, RawBody::Chunks(limit + 256 * 1024)).await;
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(
+        reply["message"],
+        "El cuerpo de la petición es demasiado grande"
+    );
+    assert_eq!(snapshot(&app).await, before);
+    assert_eq!(webhook_events(&app).await, 0);
+}
+
+async fn a_signed_transcription_of_a_megabyte_is_accepted(backend: Backend) {
+    let app = app_with_secret(backend).await;
+    let batch = launch(&app).await;
+    let ana = client_id(&app, ANA).await;
+    // A long call: 2,000 turns of about 500 characters, about a megabyte.
+    let turns: Vec<Value> = (0..2000)
+        .map(|i| {
+            json!({"role": if i % 2 == 0 { "agent" } else { "user" },
+                   "message": format!("Turno {i}: {}", "palabra ".repeat(62)),
+                   "time_in_call_secs": i})
+        })
+        .collect();
+    let mut data = conversation(&batch, &ana.to_string(), ANA, "conv_long");
+    data["transcript"] = Value::Array(turns);
+    let body = event("post_call_transcription", data);
+    assert!(body.len() > 1024 * 1024, "{} bytes", body.len());
+    let reply = post_signed(&app, &body).await;
+    reply.assert_ok(200, "Webhook recibido");
+    assert_eq!(reply.body["data"]["result"], "applied");
+    let row = call_row(&app, ANA).await;
+    assert_eq!(row.status.as_deref(), Some("completed"));
+    assert_eq!(
+        row.transcript
+            .as_ref()
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2000)
+    );
+    assert_eq!(webhook_events(&app).await, 1);
 }
