@@ -377,7 +377,7 @@ pub async fn group_batch_status(
     let Some(latest) = batches.first() else {
         return Ok(envelope(
             MSG_NEVER_CALLED,
-            json!({"group": group, "batchCall": null, "hasBeenCalled": false, "lastSync": null, "batches": []}),
+            json!({"group": group, "batchCall": null, "hasBeenCalled": false, "lastSync": null, "batches": [], "launch": null}),
             Some(Pagination::new(page, 0)),
             None,
         ));
