@@ -238,6 +238,11 @@ impl Server {
         (status, body, start.elapsed().as_secs_f64())
     }
 
+    /// Where the server answers (`http://127.0.0.1:PORT`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// The server's database, for seeding it directly.
     pub fn database_url(&self) -> &str {
         &self.database_url
