@@ -99,7 +99,7 @@ pub struct Config {
     pub max_clients_per_group: u64,
     /// Cells an imported sheet's rows may hold (each row from column A to
     /// its last cell, header included).
-    #[arg(long, env = "MAX_IMPORT_CELLS", default_value_t = 2_000_000)]
+    #[arg(long, env = "MAX_IMPORT_CELLS", default_value_t = 4_000_000)]
     pub max_import_cells: u64,
     /// Imports read at once; the others wait their turn (each may take a few
     /// hundred MB while it is read).

@@ -137,8 +137,8 @@ pub fn clean(value: Option<String>) -> Option<String> {
 const MSG_BAD_VARIABLES: &str = "Las variables deben ser un objeto JSON";
 
 /// Bytes a `variables` object (a client's, or a group's defaults) may take
-/// as JSON: every call carries them to ElevenLabs.
-pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+/// as JSON: the import's bound.
+pub const MAX_VARIABLES_BYTES: usize = crate::import::MAX_VARIABLES_BYTES;
 
 /// A `variables` value: an object (`null` is none), at most
 /// [`MAX_VARIABLES_BYTES`] as JSON.

@@ -17,8 +17,8 @@ use std::io::{self, Cursor, Read};
 
 use super::{ImportError, ImportOptions};
 
-/// Bytes an XML part may hold between two markup characters (`<` or `>`):
-/// the longest text or tag a parser is made to buffer. A cell's text is far
+/// Bytes an XML part may hold from one `<` to the next: one tag and the text
+/// after it, the longest a parser is made to buffer. A cell's text is far
 /// shorter (see [`super::MAX_VARIABLE_CHARS`], each character at most 10
 /// bytes when written as `&#x…;`).
 pub const MAX_MARKUP_RUN: usize = 64 * 1024;
@@ -99,8 +99,10 @@ impl<R: Read> Read for Bounded<R> {
             }));
         }
         if let Some(run) = self.run.as_mut() {
+            // Only `<` starts something new: `>` is legal inside text and
+            // attribute values, so it must not reset the count.
             for &b in got {
-                if b == b'<' || b == b'>' {
+                if b == b'<' {
                     *run = 0;
                 } else {
                     *run += 1;
@@ -161,14 +163,19 @@ impl ElementCounter {
 }
 
 /// Reads every part of a ZIP spreadsheet (xlsx) through the bounds before
-/// calamine opens it: no part over [`ImportOptions::max_part_bytes`] inflated,
-/// no XML run over [`MAX_MARKUP_RUN`], and no more shared strings than cells
-/// a sheet may have. A damaged archive is left to calamine to describe.
+/// calamine opens it: no part over [`ImportOptions::max_part_bytes`] inflated
+/// and the whole archive not over twice that (entries may share one
+/// compressed stream), no run over [`MAX_MARKUP_RUN`] in any part (calamine
+/// reads a sheet as XML whatever its name, and the compressed data of an image
+/// has no long runs), and no more shared strings than cells a sheet may have,
+/// counted or announced (calamine reserves room for `uniqueCount` of them). A
+/// damaged archive is left to calamine to describe.
 pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), ImportError> {
     let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
         return Ok(());
     };
     let max_bytes = options.max_part_bytes();
+    let mut left = max_bytes.saturating_mul(2);
     let mut chunk = vec![0u8; 64 * 1024];
     for index in 0..archive.len() {
         let Ok(part) = archive.by_index(index) else {
@@ -182,23 +189,40 @@ pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), Import
             });
         }
         let lower = name.to_ascii_lowercase();
-        let xml = lower.ends_with(".xml") || lower.ends_with(".rels");
-        let mut reader = Bounded::new(part, &name, max_bytes, xml);
+        let mut reader = Bounded::new(part, &name, max_bytes, true);
         let shared_strings = lower.ends_with("sharedstrings.xml");
         if shared_strings {
             reader = reader.counting(b"si");
         }
+        let mut head = Vec::new();
         loop {
-            match reader.read(&mut chunk) {
+            let n = match reader.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(_) => {}
+                Ok(n) => n,
                 Err(err) => match overrun_of(&err) {
                     Some(refused) => return Err(refused),
                     // Damage (a bad CRC, a cut stream) is calamine's to report.
                     None => break,
                 },
+            };
+            left = left
+                .checked_sub(n as u64)
+                .ok_or(ImportError::PartTooLarge {
+                    part: "(todas las partes)".into(),
+                    max_mb: max_bytes.saturating_mul(2) / (1024 * 1024),
+                })?;
+            if !shared_strings {
+                continue;
             }
-            if shared_strings && reader.count() > options.max_cells {
+            if head.len() < 4096 {
+                head.extend_from_slice(chunk.get(..n.min(4096)).unwrap_or_default());
+                if announced_strings(&head) > options.max_cells {
+                    return Err(ImportError::TooManyCells {
+                        max: options.max_cells,
+                    });
+                }
+            }
+            if reader.count() > options.max_cells {
                 return Err(ImportError::TooManyCells {
                     max: options.max_cells,
                 });
@@ -206,6 +230,33 @@ pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), Import
         }
     }
     Ok(())
+}
+
+/// The larger of `count` and `uniqueCount` on a shared-strings table's
+/// opening tag (`<sst count="…" uniqueCount="…">`), 0 when neither is there.
+fn announced_strings(head: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(head);
+    let Some(start) = text.find("<sst").or_else(|| text.find(":sst")) else {
+        return 0;
+    };
+    let tag = text.get(start..).unwrap_or_default();
+    let tag = tag
+        .get(..tag.find('>').unwrap_or(tag.len()))
+        .unwrap_or_default();
+    ["count", "uniqueCount"]
+        .iter()
+        .filter_map(|attribute| {
+            let at = tag.find(&format!(" {attribute}="))? + attribute.len() + 2;
+            let value = tag.get(at..)?.trim_start_matches(['"', '\'']);
+            let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+            if digits.is_empty() {
+                return None;
+            }
+            // More digits than any count we could accept: as good as infinite.
+            Some(digits.parse::<usize>().unwrap_or(usize::MAX))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -234,19 +285,21 @@ mod tests {
     }
 
     #[test]
-    fn xml_runs_without_markup_are_capped_but_markup_resets_them() {
+    fn xml_runs_are_capped_and_only_a_tag_opening_resets_them() {
         let mut ok = Vec::new();
         for _ in 0..4 {
+            ok.push(b'<');
             ok.extend(std::iter::repeat_n(b' ', MAX_MARKUP_RUN));
-            ok.extend(b"<a>");
         }
         assert!(read_all(Bounded::new(&ok[..], "x.xml", u64::MAX, true)).is_ok());
-        let long = vec![b' '; MAX_MARKUP_RUN + 1];
+        // `>` is legal in text: it does not start a new run.
+        let mut long = b"<a>".to_vec();
+        long.extend(std::iter::repeat_n(b' ', MAX_MARKUP_RUN));
         assert!(matches!(
             read_all(Bounded::new(&long[..], "x.xml", u64::MAX, true)),
             Err(ImportError::TextTooLong { .. })
         ));
-        // A binary part is not XML: its bytes are not runs.
+        // A part read without watching runs is not refused for them.
         assert!(read_all(Bounded::new(&long[..], "x.bin", u64::MAX, false)).is_ok());
     }
 

@@ -354,3 +354,194 @@ fn a_header_repeating_one_name_across_every_column_reads_at_once() {
     let report = parse_clients(csv.as_bytes(), "c.csv", &options, &HashSet::new()).expect("reads");
     assert_eq!(report.clients[0].variables["x"], "a");
 }
+
+// From a hostile review of the first version of these bounds.
+
+#[test]
+fn a_zip_with_data_in_front_is_refused_not_read_unchecked() {
+    let huge = "9".repeat(MAX_VARIABLE_CHARS * 100);
+    let inline = format!(
+        "{}{}",
+        inline_row(1, &["telefono"]),
+        inline_row(2, &[&huge])
+    );
+    let mut prefixed = b"JUNK".to_vec();
+    prefixed.extend(xlsx_of(inline.as_bytes(), b""));
+    assert_eq!(
+        parse_small(&prefixed, "c.xlsx"),
+        Err(ImportError::Unreadable(
+            "el archivo tiene datos antes de su contenido".into()
+        ))
+    );
+}
+
+#[test]
+fn an_ods_with_excel_parts_beside_it_is_still_read_by_our_reader() {
+    let rows = format!(
+        r#"<table:table-row>{}</table:table-row><table:table-row table:number-rows-repeated="50000"><table:table-cell table:number-columns-repeated="1000" office:value-type="float" office:value="3138539155"/></table:table-row>"#,
+        text_cell("telefono"),
+    );
+    let content = format!(
+        r#"<office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"><office:body><office:spreadsheet><table:table table:name="H">{rows}</table:table></office:spreadsheet></office:body></office:document-content>"#
+    );
+    let decoy = zip_of(&[
+        (
+            "mimetype",
+            b"application/vnd.oasis.opendocument.spreadsheet",
+        ),
+        ("content.xml", content.as_bytes()),
+        ("xl/decoy", b"x"),
+    ]);
+    for name in ["c.ods", "c.xlsx", "c.xls"] {
+        assert_eq!(
+            parse_small(&decoy, name),
+            Err(ImportError::TooManyCells { max: 1_000 }),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn an_archive_calamine_would_read_as_binary_excel_is_unreadable() {
+    let xlsb = zip_of(&[
+        ("[Content_Types].xml", b"<Types/>"),
+        ("xl/workbook.bin", b"\x83\x01\x00"),
+        ("xl/worksheets/sheet1.bin", b"\x81\x01\x00"),
+    ]);
+    assert!(matches!(
+        parse_small(&xlsb, "c.xlsx"),
+        Err(ImportError::Unreadable(_))
+    ));
+}
+
+#[test]
+fn a_shared_strings_table_announcing_billions_is_refused_before_calamine_reserves_them() {
+    let shared = br#"<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="100000000000"><si><t>telefono</t></si></sst>"#;
+    let rows = br#"<row r="1"><c r="A1" t="s"><v>0</v></c></row>"#;
+    assert_eq!(
+        parse_small(&xlsx_of(rows, shared), "c.xlsx"),
+        Err(ImportError::TooManyCells { max: 1_000 })
+    );
+}
+
+#[test]
+fn a_long_ods_cell_repeated_over_every_column_is_refused_as_it_is_read() {
+    // Three paragraphs of 40,000 characters, over all 16,384 columns.
+    let paragraph = format!("<text:p>{}</text:p>", "x".repeat(40_000));
+    let rows = format!(
+        r#"<table:table-row><table:table-cell table:number-columns-repeated="16384" office:value-type="string">{p}{p}{p}</table:table-cell></table:table-row>"#,
+        p = paragraph
+    );
+    assert!(matches!(
+        parse_small(&ods_of(&rows), "c.ods"),
+        Err(ImportError::CellTooLong { row: 1, ref column, max: MAX_VARIABLE_CHARS, .. }) if column == "A"
+    ));
+    // Spaces spelled out by text:s count as what they stand for.
+    let spaces = r#"<text:s text:c="1001"/>"#.repeat(2_000);
+    let rows = format!(
+        r#"<table:table-row>{}</table:table-row><table:table-row>{}<table:table-cell office:value-type="string"><text:p>a{spaces}b</text:p></table:table-cell></table:table-row>"#,
+        text_cell("telefono") + &text_cell("nota"),
+        text_cell("3138539155"),
+    );
+    assert!(matches!(
+        parse_small(&ods_of(&rows), "c.ods"),
+        Err(ImportError::CellTooLong { row: 2, ref column, .. }) if column == "B"
+    ));
+}
+
+#[test]
+fn blanks_spelled_out_by_text_s_spend_the_text_budget() {
+    // Each cell is within bounds (1,000 spaces, trimmed away), all of them
+    // together are 5 million characters to write out: over 4 × 1 MiB.
+    let cell = r#"<table:table-cell office:value-type="string"><text:p><text:s text:c="1000"/></text:p></table:table-cell>"#;
+    let mut rows = format!(
+        "<table:table-row>{}</table:table-row>",
+        text_cell("telefono")
+    );
+    for _ in 0..5_000 {
+        rows.push_str(&format!("<table:table-row>{cell}</table:table-row>"));
+    }
+    assert_eq!(
+        parse_small(&ods_of(&rows), "c.ods"),
+        Err(ImportError::TooMuchText { max_mb: 4 })
+    );
+}
+
+#[test]
+fn a_greater_than_sign_does_not_reset_the_run_of_one_text() {
+    let text = "ab&gt;ab>".repeat(10_000);
+    let inline = format!(
+        "{}{}",
+        inline_row(1, &["telefono"]),
+        inline_row(2, &[&text])
+    );
+    assert!(matches!(
+        parse_small(&xlsx_of(inline.as_bytes(), b""), "c.xlsx"),
+        Err(ImportError::TextTooLong { .. })
+    ));
+}
+
+#[test]
+fn a_csv_row_wider_than_a_sheet_keeps_only_a_sheets_columns() {
+    let mut csv = String::from("telefono");
+    csv.push_str(&",".repeat(100_000));
+    csv.push_str("\n3138539155\n");
+    let options = ImportOptions {
+        max_cells: 100_000,
+        ..small()
+    };
+    let report = parse_clients(csv.as_bytes(), "c.csv", &options, &HashSet::new()).expect("reads");
+    assert_eq!(report.clients.len(), 1);
+}
+
+#[test]
+fn an_empty_ods_paragraph_is_a_blank_line() {
+    let rows = format!(
+        r#"<table:table-row>{}{}</table:table-row><table:table-row>{}<table:table-cell office:value-type="string"><text:p>Línea 1</text:p><text:p/><text:p>Línea 3</text:p></table:table-cell></table:table-row>"#,
+        text_cell("telefono"),
+        text_cell("nota"),
+        text_cell("3138539155"),
+    );
+    let report = parse_small(&ods_of(&rows), "c.ods").expect("reads");
+    assert_eq!(report.clients[0].variables["nota"], "Línea 1\n\nLínea 3");
+}
+
+#[test]
+fn rows_past_the_last_a_sheet_can_have_are_not_read() {
+    let rows = format!(
+        r#"<table:table-row>{}</table:table-row><table:table-row table:number-rows-repeated="18446744073709551615"><table:table-cell/></table:table-row><table:table-row>{}</table:table-row>"#,
+        text_cell("telefono"),
+        text_cell("3138539155"),
+    );
+    assert_eq!(
+        parse_small(&ods_of(&rows), "c.ods"),
+        Err(ImportError::NoDataRows)
+    );
+}
+
+#[test]
+fn a_row_whose_variables_pass_what_a_request_may_hold_is_refused() {
+    let mut csv = String::from("telefono");
+    for i in 0..70 {
+        csv.push_str(&format!(",v{i}"));
+    }
+    csv.push_str("\n3138539155");
+    let value = "x".repeat(MAX_VARIABLE_CHARS);
+    for _ in 0..70 {
+        csv.push(',');
+        csv.push_str(&value);
+    }
+    csv.push('\n');
+    let options = ImportOptions {
+        max_upload_mb: 25,
+        ..small()
+    };
+    assert!(matches!(
+        parse_clients(csv.as_bytes(), "c.csv", &options, &HashSet::new()),
+        Err(ImportError::RowTooLarge {
+            row: 2,
+            max: MAX_VARIABLES_BYTES,
+            ..
+        })
+    ));
+}

@@ -189,6 +189,9 @@ pub const MAX_PHONE_CHARS: usize = 64;
 pub const MAX_VARIABLE_CHARS: usize = 1_000;
 /// Characters of a header cell.
 pub const MAX_HEADER_CHARS: usize = 200;
+/// Bytes a client's variables may take as JSON, from a file or a request:
+/// every call carries them to ElevenLabs.
+pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
 
 /// A valid row with a number not seen before.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +280,12 @@ pub enum ImportError {
     TooMuchText {
         max_mb: u64,
     },
+    /// One row's variables pass [`MAX_VARIABLES_BYTES`] as JSON.
+    RowTooLarge {
+        row: usize,
+        bytes: usize,
+        max: usize,
+    },
 }
 
 impl ImportError {
@@ -316,6 +325,9 @@ impl ImportError {
             ),
             ImportError::TooMuchText { max_mb } => format!(
                 "El archivo tiene demasiado texto: los datos de sus clientes superan {max_mb} MB."
+            ),
+            ImportError::RowTooLarge { row, bytes, max } => format!(
+                "Las variables de la fila {row} son demasiado grandes ({bytes} bytes). El máximo permitido es {max} bytes."
             ),
         }
     }
@@ -505,7 +517,7 @@ fn check_length(
 }
 
 /// A 0-based column index as a spreadsheet names it (`A`, `Z`, `AA`, `XFD`).
-fn column_letter(index: usize) -> String {
+pub(crate) fn column_letter(index: usize) -> String {
     let mut letters = Vec::new();
     let mut n = index + 1;
     while n > 0 {
@@ -644,6 +656,19 @@ impl Builder<'_> {
             check_length(number, header, value, max)?;
             kept += value.len();
             *target = Some(value.to_owned());
+        }
+        // Each variable costs its key, its value and about six bytes of JSON
+        // around them; only a row near the bound is measured exactly.
+        let approximate = kept + 6 * client.variables.len();
+        if approximate > MAX_VARIABLES_BYTES / 2 {
+            let size = serde_json::to_vec(&client.variables).map_or(usize::MAX, |j| j.len());
+            if size > MAX_VARIABLES_BYTES {
+                return Err(ImportError::RowTooLarge {
+                    row: number,
+                    bytes: size,
+                    max: MAX_VARIABLES_BYTES,
+                });
+            }
         }
         self.text_bytes = self.text_bytes.saturating_add(kept);
         if self.text_bytes > self.options.max_text_bytes() {

@@ -20,7 +20,7 @@
 //! (`calcext:value-type="error"`, `#N/A`) are empty, as in the other formats.
 
 use std::borrow::Cow;
-use std::io::{BufReader, Cursor};
+use std::io::BufReader;
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
@@ -33,28 +33,20 @@ use super::reader::{MAX_COLUMNS, RowSink, iso_text, number_text};
 /// Rows an OpenDocument sheet can have; repeats past it are not read.
 const MAX_ROWS: usize = 1_048_576;
 
-/// Whether these bytes are an OpenDocument package (a ZIP whose
-/// `content.xml` holds the sheets, and no Excel workbook).
-pub fn is_ods(bytes: &[u8]) -> bool {
-    let Ok(archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
-        return false;
-    };
-    let names: Vec<String> = archive
-        .file_names()
-        .filter_map(|name| name.ok().map(|n| n.into_owned()))
-        .collect();
-    names.iter().any(|n| n == "content.xml") && !names.iter().any(|n| n.starts_with("xl/"))
+/// Whether this archive is an OpenDocument package: it has `content.xml`
+/// (whatever else it holds: calamine's own reader, which builds a dense grid,
+/// is never given an archive with one).
+pub fn is_ods<R: std::io::Read + std::io::Seek>(archive: &zip::ZipArchive<R>) -> bool {
+    archive.index_for_name("content.xml").is_some()
 }
 
 /// Feeds the first table with a non-blank cell to `sink`.
-pub fn read_ods(
-    bytes: &[u8],
+pub fn read_ods<R: std::io::Read + std::io::Seek>(
+    mut archive: zip::ZipArchive<R>,
     options: &ImportOptions,
     sink: &mut impl RowSink,
 ) -> Result<(), ImportError> {
     let unreadable = |detail: String| ImportError::Unreadable(detail);
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| unreadable(e.to_string()))?;
     let content = archive
         .by_name("content.xml")
         .map_err(|e| unreadable(e.to_string()))?;
@@ -67,9 +59,13 @@ pub fn read_ods(
     }
     let bounded = Bounded::new(content, "content.xml", max_bytes, true);
     let mut reader = Reader::from_reader(BufReader::new(bounded));
+    // Nesting is not checked: the names of every open element would be kept.
+    reader.config_mut().check_end_names = false;
     let mut sheets = Sheets {
         reader: &mut reader,
         buf: Vec::with_capacity(1024),
+        text_left: options.max_text_bytes(),
+        max_text_mb: (options.max_text_bytes() / (1024 * 1024)) as u64,
     };
     sheets.read(sink).map_err(|e| match e {
         Failure::Refused(refused) => refused,
@@ -104,12 +100,53 @@ impl From<quick_xml::events::attributes::AttrError> for Failure {
 struct Sheets<'r, R: std::io::BufRead> {
     reader: &'r mut Reader<R>,
     buf: Vec<u8>,
+    /// Characters the cells' text may still take, written out (`text:s`
+    /// counts as the spaces it stands for): `ImportOptions::max_text_bytes`.
+    text_left: usize,
+    max_text_mb: u64,
 }
+
+/// Characters of one cell's text kept as it is read: more than any field
+/// allows, so the row builder still names the cell; past it the cell is
+/// refused here, counted but never written out.
+const KEPT_CHARS: usize = super::MAX_VARIABLE_CHARS + 100;
 
 /// One cell: its text and how many columns it fills.
 struct Cell {
     text: String,
     repeat: usize,
+}
+
+/// A row's cells with data: `(column, columns filled, text)`, each text held
+/// once however many columns it repeats over.
+type RowCells = Vec<(usize, usize, String)>;
+
+/// A cell's text as it is read: at most [`KEPT_CHARS`] characters kept, all
+/// of them counted.
+#[derive(Default)]
+struct CellText {
+    text: String,
+    chars: usize,
+}
+
+impl CellText {
+    fn push_repeated(&mut self, ch: char, times: usize) {
+        let room = KEPT_CHARS.saturating_sub(self.chars);
+        self.text.extend(std::iter::repeat_n(ch, times.min(room)));
+        self.chars = self.chars.saturating_add(times);
+    }
+
+    fn push_str(&mut self, text: &str) {
+        let room = KEPT_CHARS.saturating_sub(self.chars);
+        let mut taken = 0usize;
+        for ch in text.chars() {
+            if taken < room {
+                self.text.push(ch);
+            }
+            taken += 1;
+        }
+        self.chars = self.chars.saturating_add(taken);
+    }
 }
 
 impl<R: std::io::BufRead> Sheets<'_, R> {
@@ -132,13 +169,17 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
         let mut found = false;
         // Rows so far (the next row's number is this + 1).
         let mut rows = 0usize;
-        let mut cells: Vec<Cow<'static, str>> = Vec::new();
         loop {
             self.buf.clear();
             match self.reader.read_event_into(&mut self.buf)? {
                 Event::Start(e) if e.name().as_ref() == "table:table-row" => {
                     let repeat = repeat_of(&e, "table:number-rows-repeated")?;
-                    self.row(&mut cells)?;
+                    let row = self.row(rows.saturating_add(1))?;
+                    let mut cells: Vec<Cow<'_, str>> = Vec::new();
+                    for (column, filled, text) in &row {
+                        cells.resize(*column, Cow::Borrowed(""));
+                        cells.extend(std::iter::repeat_n(Cow::Borrowed(text.as_str()), *filled));
+                    }
                     found |= emit(sink, &cells, rows, repeat)?;
                     rows = rows.saturating_add(repeat);
                 }
@@ -152,39 +193,40 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
         }
     }
 
-    /// Reads one row's cells into `cells` (column positions as in the sheet,
-    /// trailing blanks left out).
-    fn row(&mut self, cells: &mut Vec<Cow<'static, str>>) -> Result<(), Failure> {
-        cells.clear();
+    /// Reads one row's cells with data (row `number` of the sheet, for a
+    /// refusal), at their columns; blank cells only move the column on.
+    fn row(&mut self, number: usize) -> Result<RowCells, Failure> {
+        let mut cells = RowCells::new();
         // Columns so far, blank ones included.
         let mut column = 0usize;
         loop {
             self.buf.clear();
-            let cell = match self.reader.read_event_into(&mut self.buf)? {
-                Event::Start(e) if is_cell(&e) => {
-                    let e = e.into_owned();
-                    self.cell(&e, false)?
-                }
-                Event::Empty(e) if is_cell(&e) => {
-                    let e = e.into_owned();
-                    self.cell(&e, true)?
-                }
-                Event::End(e) if e.name().as_ref() == "table:table-row" => return Ok(()),
-                Event::Eof => return Ok(()),
+            let (start, empty) = match self.reader.read_event_into(&mut self.buf)? {
+                Event::Start(e) if is_cell(&e) => (e.into_owned(), false),
+                Event::Empty(e) if is_cell(&e) => (e.into_owned(), true),
+                Event::End(e) if e.name().as_ref() == "table:table-row" => return Ok(cells),
+                Event::Eof => return Ok(cells),
                 _ => continue,
             };
+            let cell = self.cell(&start, empty, number, column)?;
             let text = cell.text.trim();
             if !text.is_empty() && column < MAX_COLUMNS {
-                cells.resize(column, Cow::Borrowed(""));
                 let filled = cell.repeat.min(MAX_COLUMNS - column);
-                cells.extend(std::iter::repeat_n(Cow::Owned(text.to_owned()), filled));
+                cells.push((column, filled, text.to_owned()));
             }
             column = column.saturating_add(cell.repeat);
         }
     }
 
-    /// One cell: its typed value, else its paragraphs' text.
-    fn cell(&mut self, start: &BytesStart<'_>, empty: bool) -> Result<Cell, Failure> {
+    /// One cell: its typed value, else its paragraphs' text (`row` and
+    /// `column` name it if it is too long).
+    fn cell(
+        &mut self,
+        start: &BytesStart<'_>,
+        empty: bool,
+        row: usize,
+        column: usize,
+    ) -> Result<Cell, Failure> {
         let mut repeat = 1usize;
         let mut value: Option<String> = None;
         let mut error = false;
@@ -225,7 +267,16 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
         let text = if empty {
             String::new()
         } else {
-            self.paragraphs(start.name().as_ref())?
+            let read = self.paragraphs(start.name().as_ref())?;
+            if read.chars > KEPT_CHARS {
+                return Err(Failure::Refused(ImportError::CellTooLong {
+                    row,
+                    column: super::column_letter(column),
+                    chars: read.chars,
+                    max: super::MAX_VARIABLE_CHARS,
+                }));
+            }
+            read.text
         };
         let text = match value {
             Some(value) if !value.is_empty() => value,
@@ -237,26 +288,40 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
         })
     }
 
+    /// Takes `chars` written-out characters from the file's text budget.
+    fn spend(&mut self, chars: usize) -> Result<(), Failure> {
+        self.text_left = self.text_left.checked_sub(chars).ok_or(Failure::Refused(
+            ImportError::TooMuchText {
+                max_mb: self.max_text_mb,
+            },
+        ))?;
+        Ok(())
+    }
+
     /// The text of a cell's paragraphs, up to the cell's end tag.
-    fn paragraphs(&mut self, end: &str) -> Result<String, Failure> {
+    fn paragraphs(&mut self, end: &str) -> Result<CellText, Failure> {
         let end = end.to_owned();
-        let mut text = String::new();
+        let mut text = CellText::default();
         let mut paragraphs = 0usize;
         // Inside an annotation (a comment), whose text is not the cell's.
         let mut annotation = 0usize;
         loop {
             self.buf.clear();
             match self.reader.read_event_into(&mut self.buf)? {
-                Event::End(e) if e.name().as_ref() == end.as_str() => return Ok(text),
+                Event::End(e) if e.name().as_ref() == end.as_str() => {
+                    self.spend(text.chars)?;
+                    return Ok(text);
+                }
                 Event::Eof => return Ok(text),
                 Event::Start(e) if e.name().as_ref() == "office:annotation" => annotation += 1,
                 Event::End(e) if e.name().as_ref() == "office:annotation" => {
                     annotation = annotation.saturating_sub(1)
                 }
                 _ if annotation > 0 => {}
-                Event::Start(e) if e.name().as_ref() == "text:p" => {
+                // A paragraph, empty or not (`<text:p/>` is a blank line).
+                Event::Start(e) | Event::Empty(e) if e.name().as_ref() == "text:p" => {
                     if paragraphs > 0 {
-                        text.push('\n');
+                        text.push_repeated('\n', 1);
                     }
                     paragraphs += 1;
                 }
@@ -266,13 +331,10 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
                             Some(c) => parse_repeat(&c.normalized_value(XmlVersion::Implicit1_0)?),
                             None => 1,
                         };
-                        // A cell's text is capped later; this only keeps
-                        // a hostile count from allocating before that.
-                        let room = super::MAX_VARIABLE_CHARS.saturating_add(1);
-                        text.extend(std::iter::repeat_n(' ', spaces.min(room)));
+                        text.push_repeated(' ', spaces);
                     }
-                    "text:tab" => text.push('\t'),
-                    "text:line-break" => text.push('\n'),
+                    "text:tab" => text.push_repeated('\t', 1),
+                    "text:line-break" => text.push_repeated('\n', 1),
                     _ => {}
                 },
                 Event::Text(t) => text.push_str(&t.xml10_content()),
@@ -283,10 +345,15 @@ impl<R: std::io::BufRead> Sheets<'_, R> {
                         None => predefined_entity(&r.xml10_content()),
                     };
                     if let Some(ch) = resolved {
-                        text.push(ch);
+                        text.push_repeated(ch, 1);
                     }
                 }
                 _ => {}
+            }
+            // A cell spelled out of many small pieces is refused as it grows.
+            if text.chars > KEPT_CHARS.saturating_mul(64) {
+                self.spend(text.chars)?;
+                return Ok(text);
             }
         }
     }
@@ -327,16 +394,16 @@ fn repeat_of(e: &BytesStart<'_>, attribute: &str) -> Result<usize, Failure> {
 /// far); a blank row is not handed over at all. `true` when it was.
 fn emit(
     sink: &mut impl RowSink,
-    cells: &[Cow<'static, str>],
+    cells: &[Cow<'_, str>],
     before: usize,
     repeat: usize,
 ) -> Result<bool, Failure> {
-    if cells.iter().all(|c| c.is_empty()) {
+    if cells.iter().all(|c| c.is_empty()) || before >= MAX_ROWS {
         return Ok(false);
     }
     let last = before.saturating_add(repeat).min(MAX_ROWS);
-    for number in before + 1..=last {
+    for number in before.saturating_add(1)..=last {
         sink.row(number, cells).map_err(Failure::Refused)?;
     }
-    Ok(last > before)
+    Ok(true)
 }

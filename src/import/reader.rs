@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::io::Cursor;
 
-use calamine::{Data, DataRef, Ods, Reader, Sheets, Xls, Xlsx, open_workbook_from_rs};
+use calamine::{Data, DataRef, Reader, Sheets, Xls, Xlsx, open_workbook_from_rs};
 
 use super::{ImportError, ImportOptions};
 
@@ -66,27 +66,23 @@ pub fn read_rows(
 
 type Workbook<'a> = Sheets<Cursor<&'a [u8]>>;
 
-/// The reader the extension names; if the content is not that, whatever
-/// spreadsheet format the content is (an `.xlsx` saved as `.xls` is common).
-fn open_workbook(bytes: &[u8], format: Format) -> Result<Workbook<'_>, ImportError> {
+/// Calamine's reader for what the content is, whatever the name says (an
+/// `.xlsx` saved as `.xls` is common): an OLE2 file is Excel 97-2003, anything
+/// else must be an xlsx (ZIP content has been through the bounds already, and
+/// OpenDocument through our own reader). Calamine's other readers (its `.ods`
+/// and `.xlsb`) lay a sheet out as a dense grid from a few bytes, so they are
+/// never reached.
+fn open_workbook(bytes: &[u8]) -> Result<Workbook<'_>, ImportError> {
+    let cursor = Cursor::new(bytes);
     if super::cfb::is_cfb(bytes) {
         super::cfb::check(bytes).map_err(ImportError::Unreadable)?;
-    }
-    let cursor = Cursor::new(bytes);
-    let named = match format {
-        Format::Xls => open_workbook_from_rs::<Xls<_>, _>(cursor.clone())
+        return open_workbook_from_rs::<Xls<_>, _>(cursor)
             .map(Sheets::Xls)
-            .map_err(|e| e.to_string()),
-        Format::Ods => open_workbook_from_rs::<Ods<_>, _>(cursor.clone())
-            .map(Sheets::Ods)
-            .map_err(|e| e.to_string()),
-        _ => open_workbook_from_rs::<Xlsx<_>, _>(cursor.clone())
-            .map(Sheets::Xlsx)
-            .map_err(|e| e.to_string()),
-    };
-    named.or_else(|detail| {
-        calamine::open_workbook_auto_from_rs(cursor).map_err(|_| ImportError::Unreadable(detail))
-    })
+            .map_err(|e| ImportError::Unreadable(e.to_string()));
+    }
+    open_workbook_from_rs::<Xlsx<_>, _>(cursor)
+        .map(Sheets::Xlsx)
+        .map_err(|e| ImportError::Unreadable(e.to_string()))
 }
 
 /// Columns a sheet can have (Excel's limit, `XFD`): a cell claiming a column
@@ -104,13 +100,29 @@ fn read_spreadsheet<S: RowSink>(
     options: &ImportOptions,
     sink: &mut Counted<'_, S>,
 ) -> Result<(), ImportError> {
-    if bytes.starts_with(b"PK\x03\x04") {
-        if super::ods::is_ods(bytes) {
-            return super::ods::read_ods(bytes, options, sink);
+    if !super::cfb::is_cfb(bytes) {
+        // Whatever opens as a ZIP is checked as one, data in front of it or
+        // not (the ZIP reader finds an archive anywhere in the bytes).
+        match zip::ZipArchive::new(Cursor::new(bytes)) {
+            Ok(archive) if archive.offset() != 0 => {
+                return Err(ImportError::Unreadable(
+                    "el archivo tiene datos antes de su contenido".into(),
+                ));
+            }
+            Ok(archive) if super::ods::is_ods(&archive) => {
+                return super::ods::read_ods(archive, options, sink);
+            }
+            Ok(_) => super::bounds::check_archive(bytes, options)?,
+            Err(e) => {
+                let detail = match format {
+                    Format::Xls => "no es un libro de Excel (.xls ni .xlsx)".to_owned(),
+                    _ => e.to_string(),
+                };
+                return Err(ImportError::Unreadable(detail));
+            }
         }
-        super::bounds::check_archive(bytes, options)?;
     }
-    let mut workbook = open_workbook(bytes, format)?;
+    let mut workbook = open_workbook(bytes)?;
     let mut first_error = None;
     for name in workbook.sheet_names() {
         let read = match &mut workbook {
@@ -574,8 +586,11 @@ fn read_text(bytes: &[u8], sink: &mut impl RowSink) -> Result<(), ImportError> {
         if record.iter().all(|f| field_text(f).is_empty()) {
             continue;
         }
+        // Columns past a spreadsheet's last (`XFD`) are left out, as in the
+        // other formats: a row of 24 million commas is not 24 million cells.
         let cells: Vec<Cow<'_, str>> = record
             .iter()
+            .take(MAX_COLUMNS)
             .map(|f| Cow::Borrowed(field_text(f)))
             .collect();
         sink.row(line, &cells)?;

@@ -422,7 +422,7 @@ async fn hostile_files_are_refused_by_their_bound_and_leave_nothing(backend: Bac
     let cases = [
         (
             "repeticiones.ods",
-            "El archivo tiene demasiadas celdas. El máximo permitido es 2000000 celdas (filas por columnas, contando cada fila hasta su última celda).".to_owned(),
+            "El archivo tiene demasiadas celdas. El máximo permitido es 4000000 celdas (filas por columnas, contando cada fila hasta su última celda).".to_owned(),
         ),
         (
             "celda_enorme.xlsx",
