@@ -47,6 +47,9 @@ pub struct AppState {
     /// `MAX_CONCURRENT_IMPORTS`: the files being read at once share this
     /// budget, so that N uploads at once cost at most this many imports.
     pub import_slots: Arc<tokio::sync::Semaphore>,
+    /// Upload requests in flight (their bodies held while they wait for an
+    /// import slot): 4 × `MAX_CONCURRENT_IMPORTS`; past it a 503.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -103,6 +106,9 @@ impl AppState {
             import_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_imports.clamp(1, 64) as usize,
             )),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_imports.clamp(1, 64) as usize * UPLOADS_PER_IMPORT_SLOT,
+            )),
             store,
             config: Arc::new(config),
         })
@@ -120,6 +126,10 @@ fn random_webhook_secret() -> Secret {
     Secret::new(format!("wsec_{}", hex::encode(bytes)))
 }
 
+/// Upload requests let in per import slot: the rest of an upload's wait is
+/// its body in memory (up to ~51 MB of base64).
+const UPLOADS_PER_IMPORT_SLOT: usize = 4;
+
 /// The whole HTTP surface. Tests and `serve` both go through here.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit_bytes();
@@ -136,6 +146,10 @@ pub fn router(state: AppState) -> Router {
         .merge(http::dnc::router())
         .merge(http::webhooks::router())
         .merge(http::ops::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            http::groups::limit_uploads,
+        ))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

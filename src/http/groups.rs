@@ -42,6 +42,42 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+const MSG_TOO_MANY_UPLOADS: &str =
+    "Hay demasiadas cargas de archivos en curso. Inténtalo de nuevo en unos segundos.";
+
+/// Lets at most `AppState::upload_slots` uploads (`POST /api/groups`, `POST
+/// /api/groups/:id/clients/import`) in at once, before their bodies are read:
+/// one that finds none free is a 503 with `Retry-After`, not another body of
+/// up to ~51 MB held while it waits for an import slot.
+pub async fn limit_uploads(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str());
+    let upload = request.method() == axum::http::Method::POST
+        && matches!(
+            route,
+            Some("/api/groups" | "/api/groups/{id}/clients/import")
+        );
+    if !upload {
+        return next.run(request).await;
+    }
+    let Ok(_slot) = state.upload_slots.clone().try_acquire_owned() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, MSG_TOO_MANY_UPLOADS)
+            .with_header(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            )
+            .into_response();
+    };
+    next.run(request).await
+}
+
 /// Distinguishes a field that is absent (`None`) from one set to `null` (`Some(None)`).
 pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where

@@ -23,6 +23,7 @@ both_backends!(
     oversize_file_is_refused_with_413,
     too_many_rows_are_refused,
     hostile_files_are_refused_by_their_bound_and_leave_nothing,
+    uploads_past_the_in_flight_bound_are_refused_with_503,
     users_see_only_their_own_groups,
     admin_sees_every_group_and_filters_by_owner,
     client_id_names_the_owner,
@@ -456,6 +457,48 @@ async fn hostile_files_are_refused_by_their_bound_and_leave_nothing(backend: Bac
     }
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, 1);
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM clients").await, 1);
+}
+
+/// One import slot lets four uploads in at once: twelve at the same time get
+/// some 503s (with `Retry-After`) rather than twelve bodies held in memory
+/// while they wait; each refused one keeps nothing, each accepted one is whole.
+async fn uploads_past_the_in_flight_bound_are_refused_with_503(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.max_concurrent_imports = 1).await;
+    let (token, _) = app.admin().await;
+    let csv = long_csv(30_000);
+    let uploads =
+        (0..12).map(|i| create_group(&app, &token, csv_upload(&format!("Carga {i}"), &csv)));
+    let replies = futures::future::join_all(uploads).await;
+    let mut created = 0;
+    let mut refused = 0;
+    for reply in &replies {
+        match reply.status.as_u16() {
+            201 => created += 1,
+            503 => {
+                reply.assert_error(
+                    503,
+                    "Hay demasiadas cargas de archivos en curso. Inténtalo de nuevo en unos segundos.",
+                );
+                refused += 1;
+            }
+            other => panic!("{other}: {}", reply.text),
+        }
+    }
+    assert!(created >= 1 && created <= 4, "{created} created");
+    assert_eq!(created + refused, 12);
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, created);
+    assert_eq!(
+        app.db.scalar("SELECT COUNT(*) FROM clients").await,
+        created * 30_000
+    );
+    // The slots are free again.
+    create_group(
+        &app,
+        &token,
+        csv_upload("Después", "telefono\n3138539100\n"),
+    )
+    .await
+    .assert_ok(201, "Grupo creado exitosamente");
 }
 
 /// `rows` clients, numbers all distinct and valid.
