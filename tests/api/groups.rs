@@ -484,7 +484,7 @@ async fn uploads_past_the_in_flight_bound_are_refused_with_503(backend: Backend)
             other => panic!("{other}: {}", reply.text),
         }
     }
-    assert!(created >= 1 && created <= 4, "{created} created");
+    assert!((1..=4).contains(&created), "{created} created");
     assert_eq!(created + refused, 12);
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM groups").await, created);
     assert_eq!(
