@@ -72,7 +72,7 @@ async fn call(app: &TestApp, token: &str, group: i64, body: Value) -> Reply {
 }
 
 /// A group of `rows` clients with the debt-collection agent.
-async fn long_group(app: &TestApp, token: &str, name: &str, rows: usize) -> i64 {
+pub(crate) async fn long_group(app: &TestApp, token: &str, name: &str, rows: usize) -> i64 {
     let csv = crate::groups::long_csv(rows);
     group_id(
         app,
@@ -111,7 +111,7 @@ async fn allow_batches(app: &TestApp, backend: Backend) {
         .await;
 }
 
-fn submits(sim: &Simulator) -> Vec<Value> {
+pub(crate) fn submits(sim: &Simulator) -> Vec<Value> {
     sim.requests()
         .into_iter()
         .filter(|r| r.method == "POST" && r.path == "/v1/convai/batch-calling/submit")
