@@ -1153,37 +1153,48 @@ macro_rules! shared_store_impl {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, key) DO NOTHING",
-                )
-                .bind(user_id)
-                .bind(key)
-                .bind(request_hash)
-                .bind(now)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                let claim = if inserted == 1 {
-                    IdempotencyClaim::Claimed
-                } else {
+                // A key found taken is read next. On PostgreSQL the request
+                // holding it may give it back in between (finding it took no
+                // lock): then it is free, and claimed again. Should others keep
+                // taking and giving it back, it counts as in flight (a 409).
+                let mut claim = IdempotencyClaim::InFlight;
+                for _ in 0..3 {
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (user_id, key, request_hash, created_at, expires_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, key) DO NOTHING",
+                    )
+                    .bind(user_id)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        claim = IdempotencyClaim::Claimed;
+                        break;
+                    }
                     let row = sqlx::query(
                         "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2",
                     )
                     .bind(user_id)
                     .bind(key)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    let Some(row) = row else {
+                        continue;
+                    };
                     let hash: String = row.try_get("request_hash")?;
                     let status: Option<i64> = row.try_get("status_code")?;
                     let body: Option<String> = row.try_get("response_body")?;
-                    match (hash == request_hash, status, body) {
+                    claim = match (hash == request_hash, status, body) {
                         (false, _, _) => IdempotencyClaim::Mismatch,
                         (true, Some(status), Some(body)) => IdempotencyClaim::Replay { status: status as u16, body },
                         (true, _, _) => IdempotencyClaim::InFlight,
-                    }
-                };
+                    };
+                    break;
+                }
                 tx.commit().await?;
                 Ok(claim)
             }

@@ -4,6 +4,7 @@ use marcador::elevenlabs::simulator::{
     Fault, FaultAction, SIM_AGENT_COBRANZA, SIM_AGENT_RECORDATORIO, SIM_PHONE_ASSIGNED,
     SIM_PHONE_FREE, Simulator,
 };
+use marcador::store::IdempotencyClaim;
 use serde_json::{Value, json};
 
 use crate::groups::{b64, group_id};
@@ -71,7 +72,7 @@ async fn call(app: &TestApp, token: &str, group: i64, body: Value) -> Reply {
 }
 
 /// A group of `rows` clients with the debt-collection agent.
-async fn long_group(app: &TestApp, token: &str, name: &str, rows: usize) -> i64 {
+pub(crate) async fn long_group(app: &TestApp, token: &str, name: &str, rows: usize) -> i64 {
     let csv = crate::groups::long_csv(rows);
     group_id(
         app,
@@ -110,7 +111,7 @@ async fn allow_batches(app: &TestApp, backend: Backend) {
         .await;
 }
 
-fn submits(sim: &Simulator) -> Vec<Value> {
+pub(crate) fn submits(sim: &Simulator) -> Vec<Value> {
     sim.requests()
         .into_iter()
         .filter(|r| r.method == "POST" && r.path == "/v1/convai/batch-calling/submit")
@@ -1505,6 +1506,83 @@ async fn a_key_is_given_back_when_nothing_reached_elevenlabs(backend: Backend) {
         200,
         "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
     );
+    assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
+}
+
+/// A request that found its key taken reads the key's row next; on
+/// PostgreSQL the request holding the key may give it back in between (it was
+/// refused before reaching ElevenLabs: another launch of the group got
+/// there first), since finding it took no lock. The key is then free and is
+/// claimed again, instead of a 500 (`no rows returned`). PostgreSQL only:
+/// SQLite's write transaction keeps every claim whole. The pause between the
+/// two is a trigger of the test's own; seen once in about ten runs of
+/// `instances::concurrent_launches_across_two_instances_create_one_batch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_given_back_while_another_request_claims_it_is_claimed_again() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (token, id) = app.admin().await;
+    let group = ready_group(&app, &token).await;
+    // An earlier request with the key is in flight.
+    let expires = chrono::Utc::now() + chrono::Duration::hours(24);
+    let held = app
+        .store()
+        .claim_idempotency_key(id, "k-1", "an earlier request", expires)
+        .await
+        .expect("claim");
+    assert!(matches!(held, IdempotencyClaim::Claimed));
+    // From now on every claim pauses right after its INSERT.
+    app.db
+        .execute(
+            "CREATE FUNCTION pause_claims() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+             CREATE TRIGGER pause_claims AFTER INSERT ON idempotency_keys
+             FOR EACH STATEMENT EXECUTE FUNCTION pause_claims()",
+        )
+        .await;
+    let retry = app
+        .client
+        .post(app.url(&format!("/api/groups/{group}/call")))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k-1")
+        .json(&json!({"userId": id}));
+    let (reply, ()) = tokio::join!(app.send(retry), async {
+        // The retry found the key taken and is paused...
+        let paused = "SELECT COUNT(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event = 'PgSleep'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.db.scalar(paused).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the claim never paused"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // ...when the earlier request gives the key back.
+        app.store()
+            .release_idempotency_key(id, "k-1")
+            .await
+            .expect("release");
+    });
+    reply.assert_ok(
+        200,
+        "Llamadas iniciadas exitosamente para el grupo \"Cobranza\"",
+    );
+    app.db
+        .execute("DROP TRIGGER pause_claims ON idempotency_keys")
+        .await;
+    // The key is the retry's now: the same answer again, one batch.
+    let again = app
+        .send(
+            app.client
+                .post(app.url(&format!("/api/groups/{group}/call")))
+                .bearer_auth(&token)
+                .header("idempotency-key", "k-1")
+                .json(&json!({"userId": id})),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body, reply.body);
+    assert_eq!(submits(&sim(&app)).len(), 1);
     assert_eq!(app.db.scalar("SELECT COUNT(*) FROM batches").await, 1);
 }
 

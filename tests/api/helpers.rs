@@ -3,6 +3,7 @@
 //! and dropped after it).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use marcador::config::Secret;
 use marcador::store::DynStore;
@@ -197,7 +198,9 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub state: AppState,
-    pub db: TestDb,
+    /// Shared by every instance started on it ([`spawn_beside`]); dropped
+    /// (and, on PostgreSQL, the database with it) after the last one.
+    pub db: Arc<TestDb>,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
@@ -213,7 +216,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 
 /// Starts the server on `db` with `config`, stopping when `shutdown` resolves.
 pub async fn start(
-    db: TestDb,
+    db: impl Into<Arc<TestDb>>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> TestApp {
@@ -227,7 +230,87 @@ pub async fn start(
         address,
         client: reqwest::Client::new(),
         state,
-        db,
+        db: db.into(),
+    }
+}
+
+/// Another instance of the service on `first`'s database, as a second server
+/// started beside it would be: its own pool, ElevenLabs client, caches and
+/// login limits (everything an `AppState` holds; the service keeps no state in
+/// statics), and the same `JWT_SECRET`, so a token works on both. Starts from
+/// [`test_config`]; `configure` adjusts it.
+pub async fn spawn_beside(first: &TestApp, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(&first.db);
+    configure(&mut config);
+    start(first.db.clone(), config, std::future::pending()).await
+}
+
+/// An instance on a Tokio runtime of its own, which [`KillSwitch::kill`] stops
+/// the way a killed process stops: every task of it (the server, a launch in
+/// progress, its writes ahead and confirmations) is dropped at its next await,
+/// the connections they were using close (an open transaction is rolled
+/// back), and nothing of it runs again (no graceful shutdown, no `unlock`, no
+/// answer). A graceful shutdown would not do: a launch runs as a task of its
+/// own, which outlives the server. Unlike a dead process's, the pool's idle
+/// connections stay open until the `TestApp` is dropped (they hold nothing);
+/// its `state` must not be used after the kill.
+pub async fn spawn_killable(db: &Arc<TestDb>, config: Config) -> (TestApp, KillSwitch) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("killable-instance")
+        .enable_all()
+        .build()
+        .expect("a runtime for the instance");
+    // Built on a thread of its own: `block_on` cannot run inside the test's runtime.
+    let (started, built) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let app = runtime.block_on(async move {
+            let app = Application::build(config)
+                .await
+                .expect("application starts");
+            let address = format!("http://{}", app.local_addr().expect("bound"));
+            let state = app.state().clone();
+            tokio::spawn(app.run_until(std::future::pending()));
+            (address, state)
+        });
+        let _ = started.send((runtime, app));
+    });
+    let (runtime, (address, state)) = built.await.expect("the instance started");
+    let app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        state,
+        db: db.clone(),
+    };
+    (app, KillSwitch(Some(runtime)))
+}
+
+/// Owns a killable instance's runtime; dropping it kills the instance too.
+pub struct KillSwitch(Option<tokio::runtime::Runtime>);
+
+impl KillSwitch {
+    /// Kills the instance and returns once it no longer accepts connections.
+    pub async fn kill(mut self, app: &TestApp) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reqwest::get(app.url("/health")).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the killed instance still answers"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for KillSwitch {
+    fn drop(&mut self) {
+        // A runtime cannot be dropped (waited for) inside another one.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

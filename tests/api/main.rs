@@ -1,6 +1,7 @@
 //! The integration suite, as one binary (one link, one process): every test
 //! drives the real HTTP server on a random port with a fresh database, on
-//! SQLite and on PostgreSQL.
+//! SQLite and on PostgreSQL; `instances` (several servers on one database)
+//! and races only PostgreSQL has run on PostgreSQL alone.
 
 mod helpers;
 
@@ -14,6 +15,7 @@ mod errors;
 mod groups;
 mod history;
 mod inputs;
+mod instances;
 mod ops;
 mod simulator;
 mod store;
