@@ -59,6 +59,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "rollup_net_deltas",
         include_str!("../../migrations/postgres/0011_rollup_net_deltas.sql"),
     ),
+    (
+        12,
+        "rollup_shards",
+        include_str!("../../migrations/postgres/0012_rollup_shards.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
