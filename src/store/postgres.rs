@@ -49,6 +49,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "clients_import",
         include_str!("../../migrations/postgres/0009_clients_import.sql"),
     ),
+    (
+        10,
+        "clients_count",
+        include_str!("../../migrations/postgres/0010_clients_count.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.

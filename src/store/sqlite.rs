@@ -45,6 +45,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         "webhook_lookups",
         include_str!("../../migrations/sqlite/0008_webhook_lookups.sql"),
     ),
+    (
+        10,
+        "clients_count",
+        include_str!("../../migrations/sqlite/0010_clients_count.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
