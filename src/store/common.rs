@@ -15,6 +15,7 @@
 //! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
 //! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch;
 //! - `async fn import_turn(&self)`: a turn among imports whose transaction is open;
+//! - `async fn lock_group(conn, group_id)`: the group's count, locked before its clients are written;
 //! - `const MIGRATIONS`: the embedded migrations; `const HAS_MIGRATIONS_TABLE`:
 //!   a query answering whether `_migrations` exists (each catalogue differs).
 
@@ -738,6 +739,7 @@ macro_rules! shared_store_impl {
                 let ahead = receive_ahead(&mut clients).await?;
                 let _turn = self.import_turn().await;
                 let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let inserted = insert_clients(&mut *tx, group_id, ahead, &mut clients, max_clients).await?;
                 sqlx::query("UPDATE groups SET updated_at = $2 WHERE id = $1")
                     .bind(group_id)
@@ -757,6 +759,8 @@ macro_rules! shared_store_impl {
 
             async fn add_client(&self, group_id: i64, new: &NewClient) -> StoreResult<Client> {
                 let now = chrono::Utc::now();
+                let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let row = sqlx::query(&format!(
                     "INSERT INTO clients (group_id, external_id, name, phone, phone_e164, email, address, category, status, variables, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $10)
@@ -772,8 +776,9 @@ macro_rules! shared_store_impl {
                 .bind(&new.category)
                 .bind(Json(&new.variables))
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(client_from_row(&row)?)
             }
 
@@ -874,6 +879,8 @@ macro_rules! shared_store_impl {
 
             async fn delete_client(&self, group_id: i64, client_id: i64) -> StoreResult<bool> {
                 let now = chrono::Utc::now();
+                let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let done = sqlx::query(
                     "UPDATE clients SET deleted_at = $3, updated_at = $3
                      WHERE id = $1 AND group_id = $2 AND deleted_at IS NULL",
@@ -881,8 +888,9 @@ macro_rules! shared_store_impl {
                 .bind(client_id)
                 .bind(group_id)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() > 0)
             }
 

@@ -274,6 +274,19 @@ impl PgStore {
         self.pool.begin().await
     }
 
+    /// The group's count (`group_counts`), locked before any of its clients is
+    /// written: the triggers of migration 10 update it after each insert or
+    /// delete, so a writer that took it only then could wait for an import
+    /// holding it while that import waits for the writer's uncommitted number
+    /// (a deadlock). Taken first, writers to one group simply take turns.
+    async fn lock_group(conn: &mut sqlx::PgConnection, group_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT group_id FROM group_counts WHERE group_id = $1 FOR UPDATE")
+            .bind(group_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// A turn among the imports (see `imports`); the next waits meanwhile,
     /// its file parsed up to two chunks ahead.
     async fn import_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {

@@ -18,6 +18,7 @@ both_backends!(
     import_needs_a_file_and_respects_the_group_limit,
     uncalled_clients_are_those_in_no_batch,
     clients_count_stays_exact_through_every_change,
+    overlapping_imports_into_one_group_at_once_both_finish_and_count_once,
 );
 
 async fn client_is_added_with_its_e164_number(backend: Backend) {
@@ -658,4 +659,56 @@ async fn clients_count_stays_exact_through_every_change(backend: Backend) {
     // Its clients stay for the history, and so does their count.
     assert_stored_count(&app, id, 3, "group deleted").await;
     assert_clients_count(&app, &token, other, 1, "the other group").await;
+}
+
+/// Clients `from..to` as a CSV, with `long_csv`'s numbers.
+fn numbered_csv(from: usize, to: usize) -> String {
+    let mut csv = String::from("nombre,telefono\n");
+    for i in from..to {
+        csv.push_str(&format!("C{i},31{}{:07}\n", i % 6, i));
+    }
+    csv
+}
+
+/// Two long files with the same 20,000 numbers into one group at once, in
+/// the opposite order. On PostgreSQL each file goes in by chunks of 10,000
+/// while it is read, and each chunk's count update locks the group's count:
+/// an import that took it only with its first chunk would hold it while its
+/// second chunk waits for the other's uncommitted first chunk (the same
+/// numbers), which waits for the count (a deadlock: one import a 500).
+/// Writers take the count first, so the two take turns.
+async fn overlapping_imports_into_one_group_at_once_both_finish_and_count_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (token, _) = app.admin().await;
+    let id = group_id(
+        &app,
+        &token,
+        csv_upload("g", "nombre,telefono\nAna,3009999999\n"),
+    )
+    .await;
+    let path = format!("/api/groups/{id}/clients/import");
+    let forwards = numbered_csv(0, 20_000);
+    let backwards =
+        numbered_csv(10_000, 20_000) + &numbered_csv(0, 10_000)["nombre,telefono\n".len()..];
+    let (a, b) = tokio::join!(
+        app.post(
+            &path,
+            Some(&token),
+            json!({"base64": b64(forwards.as_bytes()), "document_name": "a.csv"})
+        ),
+        app.post(
+            &path,
+            Some(&token),
+            json!({"base64": b64(backwards.as_bytes()), "document_name": "b.csv"})
+        )
+    );
+    a.assert_ok(201, "Clientes importados exitosamente");
+    b.assert_ok(201, "Clientes importados exitosamente");
+    let created = |r: &crate::helpers::Reply| {
+        r.body["data"]["fileProcessing"]["clientsCreated"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(created(&a) + created(&b), 20_000, "{} / {}", a.text, b.text);
+    assert_clients_count(&app, &token, id, 20_001, "two overlapping imports").await;
 }
