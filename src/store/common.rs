@@ -15,6 +15,7 @@
 //! - `async fn mark_contacted(tx, …)`: their `pending` clients become `contacted`;
 //! - `async fn load_launch_clients(pool, group_id)`: a group's live clients, for a launch;
 //! - `async fn import_turn(&self)`: a turn among imports whose transaction is open;
+//! - `async fn lock_group(conn, group_id)`: the group's count, locked before its clients are written;
 //! - `const MIGRATIONS`: the embedded migrations; `const HAS_MIGRATIONS_TABLE`:
 //!   a query answering whether `_migrations` exists (each catalogue differs).
 
@@ -45,11 +46,13 @@ pub(crate) const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS _migration
 
 pub(crate) const CLIENT_COLUMNS: &str = "id, group_id, external_id, name, phone, phone_e164, email, address, category, status, variables, created_at, updated_at";
 
-/// A group with its live client count and a summary of its latest batch.
+/// A group with its live client count and a summary of its latest batch. The
+/// count is the one the triggers of migration 13 keep in `group_counts`:
+/// counting the clients here made every read cost as much as the group is large.
 pub(crate) const GROUP_SELECT: &str = "SELECT g.id, g.name, g.description, g.prompt, g.color, g.favorite, g.idioma,
         g.variables, g.prefix, g.selected_country_code, g.first_message, g.phone_number_id, g.agent_id,
         g.timezone, g.created_by, g.created_at, g.updated_at,
-        (SELECT COUNT(*) FROM clients c WHERE c.group_id = g.id AND c.deleted_at IS NULL) AS clients_count,
+        COALESCE(n.clients, 0) AS clients_count,
         lb.id AS lb_id, lb.status AS lb_status, lb.is_final AS lb_final,
         lb.created_at AS lb_created_at, lb.updated_at AS lb_updated_at,
         (SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM call_stats_hourly s WHERE s.batch_id = lb.id) AS lb_total,
@@ -58,6 +61,7 @@ pub(crate) const GROUP_SELECT: &str = "SELECT g.id, g.name, g.description, g.pro
         (SELECT CAST(COALESCE(SUM(s.calls), 0) AS BIGINT) FROM call_stats_hourly s
          WHERE s.batch_id = lb.id AND s.status = 'failed') AS lb_failed
     FROM groups g
+    LEFT JOIN group_counts n ON n.group_id = g.id
     LEFT JOIN batches lb ON lb.id = (SELECT b.id FROM batches b WHERE b.group_id = g.id AND b.submit_state = 'submitted'
                                      ORDER BY b.created_at DESC, b.id DESC LIMIT 1)";
 
@@ -237,7 +241,8 @@ macro_rules! shared_store_impl {
                     None => return Err(file_refused()),
                 }
             }
-            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clients WHERE group_id = $1 AND deleted_at IS NULL")
+            // Kept by the triggers, this transaction's inserts included.
+            let total: i64 = sqlx::query_scalar("SELECT clients FROM group_counts WHERE group_id = $1")
                 .bind(group_id)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -741,6 +746,7 @@ macro_rules! shared_store_impl {
                 let ahead = receive_ahead(&mut clients).await?;
                 let _turn = self.import_turn().await;
                 let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let inserted = insert_clients(&mut *tx, group_id, ahead, &mut clients, max_clients).await?;
                 sqlx::query("UPDATE groups SET updated_at = $2 WHERE id = $1")
                     .bind(group_id)
@@ -760,6 +766,8 @@ macro_rules! shared_store_impl {
 
             async fn add_client(&self, group_id: i64, new: &NewClient) -> StoreResult<Client> {
                 let now = chrono::Utc::now();
+                let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let row = sqlx::query(&format!(
                     "INSERT INTO clients (group_id, external_id, name, phone, phone_e164, email, address, category, status, variables, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $10)
@@ -775,8 +783,9 @@ macro_rules! shared_store_impl {
                 .bind(&new.category)
                 .bind(Json(&new.variables))
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(client_from_row(&row)?)
             }
 
@@ -800,13 +809,24 @@ macro_rules! shared_store_impl {
                          OR lower(COALESCE(external_id, '')) LIKE $2 ESCAPE '\\')
                     AND ($3 IS NULL OR status = $3)
                     AND ($4 = FALSE OR NOT ", $crate::store::common::CALLED!(), ")");
-                let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM clients WHERE {FILTER}"))
-                    .bind(group_id)
-                    .bind(&pattern)
-                    .bind(&query.status)
-                    .bind(query.uncalled)
-                    .fetch_one(&self.pool)
-                    .await?;
+                // Unfiltered, the total is the group's kept count; a filter's
+                // total counts its matches (as its page reads through them).
+                let unfiltered = pattern.is_none() && query.status.is_none() && !query.uncalled;
+                let total: i64 = if unfiltered {
+                    sqlx::query_scalar("SELECT clients FROM group_counts WHERE group_id = $1")
+                        .bind(group_id)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .unwrap_or(0)
+                } else {
+                    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM clients WHERE {FILTER}"))
+                        .bind(group_id)
+                        .bind(&pattern)
+                        .bind(&query.status)
+                        .bind(query.uncalled)
+                        .fetch_one(&self.pool)
+                        .await?
+                };
                 let rows = sqlx::query(&format!(
                     "SELECT {CLIENT_COLUMNS} FROM clients WHERE {FILTER} ORDER BY id LIMIT $5 OFFSET $6"
                 ))
@@ -866,6 +886,8 @@ macro_rules! shared_store_impl {
 
             async fn delete_client(&self, group_id: i64, client_id: i64) -> StoreResult<bool> {
                 let now = chrono::Utc::now();
+                let mut tx = self.begin_write().await?;
+                Self::lock_group(&mut *tx, group_id).await?;
                 let done = sqlx::query(
                     "UPDATE clients SET deleted_at = $3, updated_at = $3
                      WHERE id = $1 AND group_id = $2 AND deleted_at IS NULL",
@@ -873,8 +895,9 @@ macro_rules! shared_store_impl {
                 .bind(client_id)
                 .bind(group_id)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() > 0)
             }
 

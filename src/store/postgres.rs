@@ -64,6 +64,11 @@ const PG_MIGRATIONS: &[Migration] = &[
         "rollup_shards",
         include_str!("../../migrations/postgres/0012_rollup_shards.sql"),
     ),
+    (
+        13,
+        "clients_count",
+        include_str!("../../migrations/postgres/0013_clients_count.sql"),
+    ),
 ];
 
 /// Advisory lock keys (arbitrary, fixed): one for migrations, one for the first-user rule.
@@ -282,6 +287,19 @@ impl PgStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
+    }
+
+    /// The group's count (`group_counts`), locked before any of its clients is
+    /// written: the triggers of migration 13 update it after each insert or
+    /// delete, so a writer that took it only then could wait for an import
+    /// holding it while that import waits for the writer's uncommitted number
+    /// (a deadlock). Taken first, writers to one group simply take turns.
+    async fn lock_group(conn: &mut sqlx::PgConnection, group_id: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT group_id FROM group_counts WHERE group_id = $1 FOR UPDATE")
+            .bind(group_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// A turn among the imports (see `imports`); the next waits meanwhile,

@@ -19,6 +19,7 @@ both_backends!(
     update_of_a_missing_user_writes_nothing,
     audit_events_are_written_with_the_change,
     clients_keep_their_group_foreign_key_only_on_sqlite,
+    migration_13_counts_the_clients_already_there,
 );
 
 fn new_user(name: &str) -> NewUser {
@@ -268,4 +269,51 @@ async fn clients_keep_their_group_foreign_key_only_on_sqlite(backend: Backend) {
         })
         .await;
     assert_eq!(keys, if backend == Backend::Sqlite { 1 } else { 0 });
+}
+
+/// A database upgraded to migration 13 starts with every group's live
+/// clients counted (deleted ones and other groups' not), and keeps counting.
+async fn migration_13_counts_the_clients_already_there(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    store::connect(&db.url).await.unwrap();
+    // Back to the schema before migration 13.
+    db.execute(match backend {
+        Backend::Sqlite => {
+            "DROP TRIGGER group_counts_new_group; DROP TRIGGER group_counts_insert;
+             DROP TRIGGER group_counts_update; DROP TRIGGER group_counts_delete;
+             DROP TABLE group_counts; DELETE FROM _migrations WHERE version = 13"
+        }
+        Backend::Postgres => {
+            "DROP FUNCTION group_counts_new_group, group_counts_statement, group_counts_row CASCADE;
+             DROP TABLE group_counts; DELETE FROM _migrations WHERE version = 13"
+        }
+    })
+    .await;
+    let at = "'2026-12-01T00:00:00Z'";
+    db.execute(&format!(
+        "INSERT INTO users (username, email, password_hash, role, created_at, updated_at)
+         VALUES ('ana', 'ana@example.com', 'x', 'admin', {at}, {at});
+         INSERT INTO groups (name, created_by, created_at, updated_at) VALUES ('uno', 1, {at}, {at}), ('dos', 1, {at}, {at});
+         INSERT INTO clients (group_id, phone, phone_e164, deleted_at, created_at, updated_at) VALUES
+             (1, '1', '+571', NULL, {at}, {at}), (1, '2', '+572', NULL, {at}, {at}),
+             (1, '3', '+573', {at}, {at}, {at}), (1, '3', '+573', NULL, {at}, {at})"
+    ))
+    .await;
+    let upgraded = store::connect(&db.url).await.unwrap();
+    assert_eq!(
+        upgraded.applied_migrations().await.unwrap(),
+        migration_versions(backend)
+    );
+    let count = |group: i64| {
+        let sql =
+            format!("SELECT CAST(clients AS BIGINT) FROM group_counts WHERE group_id = {group}");
+        let db = &db;
+        async move { db.scalar(&sql).await }
+    };
+    assert_eq!((count(1).await, count(2).await), (3, 0));
+    db.execute(&format!(
+        "INSERT INTO clients (group_id, phone, phone_e164, created_at, updated_at) VALUES (2, '4', '+574', {at}, {at})"
+    ))
+    .await;
+    assert_eq!((count(1).await, count(2).await), (3, 1));
 }
