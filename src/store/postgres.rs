@@ -60,11 +60,6 @@ const PG_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0011_rollup_net_deltas.sql"),
     ),
     (
-        12,
-        "rollup_shards",
-        include_str!("../../migrations/postgres/0012_rollup_shards.sql"),
-    ),
-    (
         13,
         "clients_count",
         include_str!("../../migrations/postgres/0013_clients_count.sql"),
