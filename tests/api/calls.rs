@@ -57,10 +57,15 @@ fn sim(app: &TestApp) -> Simulator {
 
 /// A group with the debt-collection agent and three clients.
 async fn ready_group(app: &TestApp, token: &str) -> i64 {
+    ready_group_named(app, token, "Cobranza").await
+}
+
+/// [`ready_group`] under another name (several in one test).
+async fn ready_group_named(app: &TestApp, token: &str, name: &str) -> i64 {
     group_id(
         app,
         token,
-        json!({"name": "Cobranza", "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
+        json!({"name": name, "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
                "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
     )
     .await
@@ -697,13 +702,7 @@ async fn concurrent_launches_with_any_keys_create_one_batch(backend: Backend) {
     let (token, id) = app.admin().await;
     sim(&app).inject(Fault::delay("POST", "/v1/convai/batch-calling/submit", 100));
     for keys in ["none", "shared", "distinct"] {
-        let group = group_id(
-            &app,
-            &token,
-            json!({"name": keys, "agentId": SIM_AGENT_COBRANZA, "variables": {"empresa": "ACME", "monto": "0"},
-                   "base64": b64(CSV.as_bytes()), "document_name": "c.csv"}),
-        )
-        .await;
+        let group = ready_group_named(&app, &token, keys).await;
         let launches = (0..20).map(|i| {
             let mut request = app
                 .client
