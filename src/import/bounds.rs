@@ -51,22 +51,40 @@ pub struct Bounded<R> {
     part: String,
     read: u64,
     max_bytes: u64,
-    /// Bytes since the last `<` or `>`, when runs are watched (XML parts).
-    run: Option<usize>,
+    /// Bytes since the last `<`.
+    run: usize,
     /// Counts elements of this local name (`si`: xlsx shared strings).
     counted: Option<ElementCounter>,
 }
 
+/// The refusal of a part (or of all parts together) over `max_bytes` inflated.
+fn part_too_large(part: &str, max_bytes: u64) -> ImportError {
+    ImportError::PartTooLarge {
+        part: part.to_owned(),
+        max_mb: max_bytes / (1024 * 1024),
+    }
+}
+
 impl<R: Read> Bounded<R> {
-    pub fn new(inner: R, part: &str, max_bytes: u64, xml: bool) -> Self {
+    pub fn new(inner: R, part: &str, max_bytes: u64) -> Self {
         Bounded {
             inner,
             part: part.to_owned(),
             read: 0,
             max_bytes,
-            run: xml.then_some(0),
+            run: 0,
             counted: None,
         }
+    }
+
+    /// An archive part whose header announces `declared` inflated bytes:
+    /// refused at once when that is over the bound, else read through it (a
+    /// header may lie; the bytes read are what count).
+    pub fn part(inner: R, part: &str, declared: u64, max_bytes: u64) -> Result<Self, ImportError> {
+        if declared > max_bytes {
+            return Err(part_too_large(part, max_bytes));
+        }
+        Ok(Bounded::new(inner, part, max_bytes))
     }
 
     /// Counts the part's elements named `local` (any namespace prefix).
@@ -93,26 +111,21 @@ impl<R: Read> Read for Bounded<R> {
         };
         self.read += n as u64;
         if self.read > self.max_bytes {
-            return Err(self.refuse(ImportError::PartTooLarge {
-                part: self.part.clone(),
-                max_mb: self.max_bytes / (1024 * 1024),
-            }));
+            return Err(self.refuse(part_too_large(&self.part, self.max_bytes)));
         }
-        if let Some(run) = self.run.as_mut() {
-            // Only `<` starts something new: `>` is legal inside text and
-            // attribute values, so it must not reset the count.
-            for &b in got {
-                if b == b'<' {
-                    *run = 0;
-                } else {
-                    *run += 1;
-                }
-                if *run > MAX_MARKUP_RUN {
-                    return Err(self.refuse(ImportError::TextTooLong {
-                        part: self.part.clone(),
-                        max_bytes: MAX_MARKUP_RUN,
-                    }));
-                }
+        // Only `<` starts something new: `>` is legal inside text and
+        // attribute values, so it must not reset the count.
+        for &b in got {
+            if b == b'<' {
+                self.run = 0;
+            } else {
+                self.run += 1;
+            }
+            if self.run > MAX_MARKUP_RUN {
+                return Err(self.refuse(ImportError::TextTooLong {
+                    part: self.part.clone(),
+                    max_bytes: MAX_MARKUP_RUN,
+                }));
             }
         }
         if let Some(counter) = self.counted.as_mut() {
@@ -182,14 +195,9 @@ pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), Import
             continue;
         };
         let name = part.name().map(|n| n.into_owned()).unwrap_or_default();
-        if part.size() > max_bytes {
-            return Err(ImportError::PartTooLarge {
-                part: name,
-                max_mb: max_bytes / (1024 * 1024),
-            });
-        }
         let lower = name.to_ascii_lowercase();
-        let mut reader = Bounded::new(part, &name, max_bytes, true);
+        let declared = part.size();
+        let mut reader = Bounded::part(part, &name, declared, max_bytes)?;
         let shared_strings = lower.ends_with("sharedstrings.xml");
         if shared_strings {
             reader = reader.counting(b"si");
@@ -207,10 +215,7 @@ pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), Import
             };
             left = left
                 .checked_sub(n as u64)
-                .ok_or(ImportError::PartTooLarge {
-                    part: "(todas las partes)".into(),
-                    max_mb: max_bytes.saturating_mul(2) / (1024 * 1024),
-                })?;
+                .ok_or_else(|| part_too_large("(todas las partes)", max_bytes.saturating_mul(2)))?;
             if !shared_strings {
                 continue;
             }
@@ -274,9 +279,9 @@ mod tests {
     #[test]
     fn a_part_is_read_up_to_its_cap_and_no_further() {
         let data = vec![b'a'; 1000];
-        assert!(read_all(Bounded::new(&data[..], "p", 1000, false)).is_ok());
+        assert!(read_all(Bounded::new(&data[..], "p", 1000)).is_ok());
         assert_eq!(
-            read_all(Bounded::new(&data[..], "p", 999, false)),
+            read_all(Bounded::new(&data[..], "p", 999)),
             Err(ImportError::PartTooLarge {
                 part: "p".into(),
                 max_mb: 0
@@ -291,16 +296,14 @@ mod tests {
             ok.push(b'<');
             ok.extend(std::iter::repeat_n(b' ', MAX_MARKUP_RUN));
         }
-        assert!(read_all(Bounded::new(&ok[..], "x.xml", u64::MAX, true)).is_ok());
+        assert!(read_all(Bounded::new(&ok[..], "x.xml", u64::MAX)).is_ok());
         // `>` is legal in text: it does not start a new run.
         let mut long = b"<a>".to_vec();
         long.extend(std::iter::repeat_n(b' ', MAX_MARKUP_RUN));
         assert!(matches!(
-            read_all(Bounded::new(&long[..], "x.xml", u64::MAX, true)),
+            read_all(Bounded::new(&long[..], "x.xml", u64::MAX)),
             Err(ImportError::TextTooLong { .. })
         ));
-        // A part read without watching runs is not refused for them.
-        assert!(read_all(Bounded::new(&long[..], "x.bin", u64::MAX, false)).is_ok());
     }
 
     #[test]
@@ -320,7 +323,7 @@ mod tests {
                 }
             }
         }
-        let mut reader = Bounded::new(Trickle(xml), "s.xml", u64::MAX, true).counting(b"si");
+        let mut reader = Bounded::new(Trickle(xml), "s.xml", u64::MAX).counting(b"si");
         let mut out = Vec::new();
         reader.read_to_end(&mut out).expect("read");
         assert_eq!(reader.count(), 3);

@@ -50,14 +50,8 @@ pub fn read_ods<R: std::io::Read + std::io::Seek>(
     let content = archive
         .by_name("content.xml")
         .map_err(|e| unreadable(e.to_string()))?;
-    let max_bytes = options.max_part_bytes();
-    if content.size() > max_bytes {
-        return Err(ImportError::PartTooLarge {
-            part: "content.xml".into(),
-            max_mb: max_bytes / (1024 * 1024),
-        });
-    }
-    let bounded = Bounded::new(content, "content.xml", max_bytes, true);
+    let declared = content.size();
+    let bounded = Bounded::part(content, "content.xml", declared, options.max_part_bytes())?;
     let mut reader = Reader::from_reader(BufReader::new(bounded));
     // Nesting is not checked: the names of every open element would be kept.
     reader.config_mut().check_end_names = false;
