@@ -11,7 +11,6 @@
 
 mod common;
 
-use base64::Engine;
 use common::{Server, SimulatorProcess};
 use serde_json::json;
 
@@ -40,15 +39,8 @@ async fn run(backend: &str, placement: &str, csv: &[u8]) {
         env.push(("ELEVENLABS_BASE_URL", simulator.base_url.as_str()));
     }
     let server = Server::start(backend, &env).await;
-    let group = json!({
-        "name": "bench launch",
-        "agentId": marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA,
-        "base64": base64::engine::general_purpose::STANDARD.encode(csv),
-        "document_name": "clientes.csv",
-    });
-    let (status, reply, _) = server.post("/api/groups", &group).await;
-    assert_eq!(status, 201, "{reply}");
-    let id = reply["data"]["id"].as_i64().unwrap();
+    let agent = marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA;
+    let id = server.create_group("bench launch", Some(agent), csv).await;
     server.settle();
     // A fresh process: the peak RSS below is the launch's, not the import's.
     let server = server.restart().await;

@@ -14,7 +14,6 @@ mod common;
 use std::cell::RefCell;
 use std::time::Instant;
 
-use base64::Engine;
 use common::Server;
 use serde_json::json;
 
@@ -40,19 +39,6 @@ fn csv(from: usize, n: usize) -> String {
         ));
     }
     out
-}
-
-async fn create_group(server: &Server, name: &str, csv: &str) -> i64 {
-    let (status, reply, _) = server
-        .post(
-            "/api/groups",
-            &json!({"name": name,
-                    "base64": base64::engine::general_purpose::STANDARD.encode(csv.as_bytes()),
-                    "document_name": "clientes.csv"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{reply}");
-    reply["data"]["id"].as_i64().unwrap()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -118,56 +104,44 @@ async fn measure(
     );
 }
 
+/// The list, then `group`'s detail and first page of clients, with the
+/// server's groups as `label` says.
+async fn measure_beside(
+    server: &Server,
+    backend: &str,
+    label: &str,
+    group: i64,
+    requests: usize,
+    concurrency: usize,
+) {
+    let cases = [
+        ("groups list", "/api/groups".to_owned()),
+        ("group detail", format!("/api/groups/{group}")),
+        ("clients page 1", format!("/api/groups/{group}/clients")),
+    ];
+    for (request, path) in &cases {
+        measure(server, backend, label, request, path, requests, concurrency).await;
+    }
+}
+
 async fn run(backend: &str, large: usize, requests: usize, concurrency: usize) {
     let server = Server::start(backend, &[]).await;
     let mut small = 0;
     for g in 0..SMALL_GROUPS {
-        small = create_group(
-            &server,
-            &format!("small {g}"),
-            &csv(g * SMALL_CLIENTS, SMALL_CLIENTS),
-        )
-        .await;
+        let clients = csv(g * SMALL_CLIENTS, SMALL_CLIENTS);
+        small = server
+            .create_group(&format!("small {g}"), None, clients.as_bytes())
+            .await;
     }
     server.settle();
     let label = format!("{SMALL_GROUPS} × {SMALL_CLIENTS}");
-    let cases = [
-        ("groups list", "/api/groups".to_owned()),
-        ("group detail", format!("/api/groups/{small}")),
-        ("clients page 1", format!("/api/groups/{small}/clients")),
-    ];
-    for (request, path) in &cases {
-        measure(
-            &server,
-            backend,
-            &label,
-            request,
-            path,
-            requests,
-            concurrency,
-        )
+    measure_beside(&server, backend, &label, small, requests, concurrency).await;
+    let big = server
+        .create_group("large", None, csv(1_000_000, large).as_bytes())
         .await;
-    }
-    let big = create_group(&server, "large", &csv(1_000_000, large)).await;
     server.settle();
     let label = format!("{label} + 1 × {large}");
-    let cases = [
-        ("groups list", "/api/groups".to_owned()),
-        ("group detail", format!("/api/groups/{big}")),
-        ("clients page 1", format!("/api/groups/{big}/clients")),
-    ];
-    for (request, path) in &cases {
-        measure(
-            &server,
-            backend,
-            &label,
-            request,
-            path,
-            requests,
-            concurrency,
-        )
-        .await;
-    }
+    measure_beside(&server, backend, &label, big, requests, concurrency).await;
     server.stop();
 }
 

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use base64::Engine;
 use common::{Server, SimulatorProcess};
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
@@ -96,15 +95,10 @@ async fn run(backend: &str, csv: &[u8]) {
         ("ELEVENLABS_WEBHOOK_SECRET", SECRET),
     ];
     let server = Server::start(backend, &env).await;
-    let group = json!({
-        "name": "bench webhooks",
-        "agentId": marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA,
-        "base64": base64::engine::general_purpose::STANDARD.encode(csv),
-        "document_name": "clientes.csv",
-    });
-    let (status, reply, _) = server.post("/api/groups", &group).await;
-    assert_eq!(status, 201, "{reply}");
-    let id = reply["data"]["id"].as_i64().unwrap();
+    let agent = marcador::elevenlabs::simulator::SIM_AGENT_COBRANZA;
+    let id = server
+        .create_group("bench webhooks", Some(agent), csv)
+        .await;
     let (status, reply, _) = server
         .post(&format!("/api/groups/{id}/call"), &json!({"userId": 1}))
         .await;

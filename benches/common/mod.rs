@@ -223,6 +223,20 @@ impl Server {
         (status, value, start.elapsed().as_secs_f64())
     }
 
+    /// Creates a group from a CSV file (with an agent when given); its id.
+    pub async fn create_group(&self, name: &str, agent_id: Option<&str>, csv: &[u8]) -> i64 {
+        use base64::Engine;
+        let body = json!({
+            "name": name,
+            "agentId": agent_id,
+            "base64": base64::engine::general_purpose::STANDARD.encode(csv),
+            "document_name": "clientes.csv",
+        });
+        let (status, reply, _) = self.post("/api/groups", &body).await;
+        assert_eq!(status, 201, "{reply}");
+        reply["data"]["id"].as_i64().unwrap()
+    }
+
     /// Gets a path; returns the status, the body's length and the seconds it took.
     pub async fn get(&self, path: &str) -> (u16, usize, f64) {
         let start = Instant::now();
