@@ -13,7 +13,7 @@
 //!
 //! [`ImportOptions::max_part_bytes`]: super::ImportOptions::max_part_bytes
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read, Seek};
 
 use super::{ImportError, ImportOptions};
 
@@ -183,10 +183,10 @@ impl ElementCounter {
 /// has no long runs), and no more shared strings than cells a sheet may have,
 /// counted or announced (calamine reserves room for `uniqueCount` of them). A
 /// damaged archive is left to calamine to describe.
-pub fn check_archive(bytes: &[u8], options: &ImportOptions) -> Result<(), ImportError> {
-    let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {
-        return Ok(());
-    };
+pub fn check_archive<R: Read + Seek>(
+    mut archive: zip::ZipArchive<R>,
+    options: &ImportOptions,
+) -> Result<(), ImportError> {
     let max_bytes = options.max_part_bytes();
     let mut left = max_bytes.saturating_mul(2);
     let mut chunk = vec![0u8; 64 * 1024];

@@ -112,7 +112,7 @@ fn read_spreadsheet<S: RowSink>(
             Ok(archive) if super::ods::is_ods(&archive) => {
                 return super::ods::read_ods(archive, options, sink);
             }
-            Ok(_) => super::bounds::check_archive(bytes, options)?,
+            Ok(archive) => super::bounds::check_archive(archive, options)?,
             Err(e) => {
                 let detail = match format {
                     Format::Xls => "no es un libro de Excel (.xls ni .xlsx)".to_owned(),
